@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine (Python 3.11, pip, gcc):
+#   make run    venv + pinned install + the main job (dvc repro on Tiny Shakespeare)
+#   make test   venv + pinned install + the test suite
+# Offline: CORPUS_MIRROR=<folder with the corpus files> make run
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+CORPUS ?= tinyshakespeare
+
+.PHONY: setup run test test-all bench mlflow-ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	touch $@
+
+run: setup
+	dvc repro sample@$(CORPUS)
+	@echo; echo "== metrics"; dvc metrics show
+	@echo; echo "== sample (samples/$(CORPUS).txt)"; head -c 1200 samples/$(CORPUS).txt; echo
+	@echo; echo "Review the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1  (then open http://127.0.0.1:5000)"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+bench: setup
+	$(PY) bench/data_stages.py
+	$(PY) bench/train_step.py
+
+mlflow-ui: setup
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data/raw data/tokens data/onehot models metrics samples

@@ -1,0 +1,197 @@
+"""params.yaml, validated once into typed objects.
+
+Every stage calls `load_params()`; an unknown key, a missing key or a bad value is a
+`UserError` naming the key path (e.g. `params.yaml: train.hidden: must be > 0, got -3`).
+Sections are plain frozen dataclasses, so a typo cannot hide.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = "params.yaml"
+
+
+@dataclass(frozen=True)
+class DataParams:
+    mirror: str | None = None
+    retries: int = 5
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Corpus:
+    kind: str
+    url: str
+    mirror_file: str | None = None
+    sha256: str | None = None
+    mirror_sha256: str | None = None
+    include: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        """The file name to look for in a mirror folder."""
+        return self.mirror_file or self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def is_archive(self) -> bool:
+        return self.file_name.endswith((".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar", ".zip"))
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    level: str = "char"
+    errors: str = "strict"
+    max_vocab: int = 50000
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class OnehotParams:
+    train_frac: float = 0.9
+    val_frac: float = 0.1
+    min_train_tokens: int = 1024
+
+
+CHOICES = {
+    "kind": ("text", "music"),
+    "level": ("char", "byte", "word"),
+    "errors": ("strict", "replace"),
+}
+POSITIVE = {"retries", "timeout_s", "max_vocab", "min_count"}
+
+
+def _check_value(path: str, name: str, value, typ):
+    """Coerce/validate one value against its annotation; raise UserError naming `path`."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if value is None:
+            return None
+        typ = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise UserError(f"{PARAMS}: {path}: must be a list, got {value!r}")
+        return tuple(_check_value(f"{path}[{i}]", name, v, args[0]) for i, v in enumerate(value))
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{PARAMS}: {path}: must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{PARAMS}: {path}: must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{PARAMS}: {path}: must be a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise UserError(f"{PARAMS}: {path}: must be a string, got {value!r}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise UserError(f"{PARAMS}: {path}: must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    if name in POSITIVE and value <= 0:
+        raise UserError(f"{PARAMS}: {path}: must be > 0, got {value!r}")
+    return value
+
+
+def build(cls, raw, path: str, choices: dict | None = None):
+    """Build dataclass `cls` from mapping `raw`, rejecting unknown keys by their path."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{PARAMS}: {path}: must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise UserError(f"{PARAMS}: {path}.{key}: unknown key (known: {', '.join(known)}); fix the spelling or remove it")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{PARAMS}: {path}.{name}: missing; add it")
+            continue
+        values[name] = _check_value(f"{path}.{name}", name, raw[name], hints[name])
+    obj = cls(**values)
+    check = getattr(obj, "validate", None)
+    if check:
+        check(path)
+    return obj
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    corpora: dict[str, Corpus]
+    tokenize: TokenizeParams
+    onehot: OnehotParams
+    raw: dict = field(repr=False, default_factory=dict)
+
+    def corpus(self, name: str) -> Corpus:
+        if name not in self.corpora:
+            raise UserError(f"unknown corpus {name!r}; declared in {PARAMS}: {', '.join(self.corpora)}")
+        return self.corpora[name]
+
+    def mirror(self) -> Path | None:
+        """The offline mirror folder: env CORPUS_MIRROR, else data.mirror, else None."""
+        m = os.environ.get("CORPUS_MIRROR") or self.data.mirror
+        return Path(m).expanduser() if m else None
+
+
+SECTIONS = {"data", "corpora", "tokenize", "onehot"}
+
+
+def parse(raw: dict) -> Params:
+    if not isinstance(raw, dict):
+        raise UserError(f"{PARAMS}: must be a mapping of sections")
+    known = SECTIONS
+    for key in raw:
+        if key not in known:
+            raise UserError(f"{PARAMS}: {key}: unknown section (known: {', '.join(sorted(known))}); fix the spelling or remove it")
+    corpora_raw = raw.get("corpora") or {}
+    if not isinstance(corpora_raw, dict) or not corpora_raw:
+        raise UserError(f"{PARAMS}: corpora: declare at least one corpus")
+    corpora = {}
+    for name, spec in corpora_raw.items():
+        c = build(Corpus, spec, f"corpora.{name}")
+        for key in ("sha256", "mirror_sha256"):
+            v = getattr(c, key)
+            if v is not None and (len(v) != 64 or any(ch not in "0123456789abcdef" for ch in v)):
+                raise UserError(f"{PARAMS}: corpora.{name}.{key}: must be 64 lowercase hex digits, got {v!r}")
+        if not c.url.startswith(("https://", "http://")):
+            raise UserError(f"{PARAMS}: corpora.{name}.url: must be an http(s) URL, got {c.url!r}")
+        corpora[name] = c
+    p = Params(
+        data=build(DataParams, raw.get("data"), "data"),
+        corpora=corpora,
+        tokenize=build(TokenizeParams, raw.get("tokenize"), "tokenize"),
+        onehot=build(OnehotParams, raw.get("onehot"), "onehot"),
+        raw=raw,
+    )
+    oh = p.onehot
+    if not (0 < oh.train_frac <= 1 and 0 <= oh.val_frac < 1 and oh.train_frac + oh.val_frac <= 1 + 1e-9):
+        raise UserError(
+            f"{PARAMS}: onehot.train_frac/val_frac: need 0 < train_frac, 0 <= val_frac and a sum <= 1, "
+            f"got {oh.train_frac} and {oh.val_frac}"
+        )
+    return p
+
+
+def load_params(path: str | os.PathLike = PARAMS) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    return parse(raw or {})

@@ -1,0 +1,1 @@
+"""The lecture's experiments as reproducible studies."""

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real HTTP server on 127.0.0.1, a real git+DVC project in tmp_path."""
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
+PY = sys.executable
+
+
+def run_module(module: str, *args, cwd=ROOT, env=None, check=False, timeout=600):
+    """Run `python -m module args` like a user; return CompletedProcess (text)."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.pop("CORPUS_MIRROR", None)
+    if env:
+        e.update(env)
+    p = subprocess.run([PY, "-m", module, *map(str, args)], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def one_line_error(p) -> str:
+    """Assert a failed run printed exactly one `error:` line and return it."""
+    assert p.returncode != 0, f"expected failure, got 0:\n{p.stdout}\n{p.stderr}"
+    lines = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `root` with Range support; special paths misbehave on purpose.
+
+    /cut/<name>: the first request sends half the body then drops the connection.
+    /norange/<name>: ignores Range headers (always 200, the whole body).
+    /missing...: 404.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))
+        parts = self.path.strip("/").split("/")
+        mode = parts[0] if parts[0] in ("cut", "norange") else "plain"
+        name = parts[-1]
+        f = srv.root / name
+        if not f.is_file():
+            self.send_error(404, "Not Found")
+            return
+        body = f.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and mode != "norange":
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        data = body[start:]
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if mode == "cut" and not srv.cut_done.get(name):
+            srv.cut_done[name] = True
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A file server on 127.0.0.1 serving tmp_path/www; yields (base_url, root, server)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.root, srv.requests, srv.cut_done = root, [], {}
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", root, srv
+    srv.shutdown()
+    srv.server_close()
+
+
+PROJECT_FILES = ["pipeline", "lightning_modules", "flows", "studies", "dvc.yaml", "params.yaml", ".dvcignore"]
+
+
+def make_project(dest: Path) -> Path:
+    """Copy the project's code into `dest`, then `git init` + `dvc init` there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, dest / name)
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=dest, check=True, env=env)
+    return dest
+
+
+def dvc(project: Path, *args, env=None, timeout=900):
+    e = dict(os.environ)
+    e["PATH"] = str(Path(PY).parent) + os.pathsep + e["PATH"]
+    e.pop("CORPUS_MIRROR", None)
+    if env:
+        e.update(env)
+    return subprocess.run([str(Path(PY).parent / "dvc"), *args], cwd=project, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def need_mirror():
+    if not (SHARED_CORPORA / "tinyshakespeare.txt").is_file():
+        pytest.skip("../shared/corpora (the offline corpus mirror) is absent: the real-corpus tests need it")
+    return SHARED_CORPORA
