@@ -53,7 +53,7 @@ class NpyWriter:
 def iter_npy(path, chunk_rows: int = 16 << 20):
     """Yield (offset, chunk) of a .npy file read sequentially, without a memory map."""
     with open(path, "rb") as f:
-        shape, dtype = _header(f)
+        shape, dtype = read_header(f)
         row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
         n = shape[0] if shape else 0
         pos = 0
@@ -68,10 +68,10 @@ def iter_npy(path, chunk_rows: int = 16 << 20):
 
 def npy_header(path) -> tuple[tuple[int, ...], np.dtype]:
     with open(path, "rb") as f:
-        return _header(f)
+        return read_header(f)
 
 
-def _header(f) -> tuple[tuple[int, ...], np.dtype]:
+def read_header(f) -> tuple[tuple[int, ...], np.dtype]:
     version = npformat.read_magic(f)
     read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
     shape, fortran, dtype = read(f)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
 from pipeline.config import OnehotParams, Params, load_params
 from pipeline.errors import UserError, cli
-from pipeline.npyio import NpyWriter, iter_npy, npy_header
+from numpy.lib import format as npformat
+
+from pipeline.npyio import npy_header, read_header
 
 TOKENS = Path("data/tokens")
 ONEHOT = Path("data/onehot")
@@ -36,20 +39,35 @@ def split_bounds(n: int, op: OnehotParams) -> dict[str, tuple[int, int]]:
     return {"train": (0, a), "val": (a, b), "test": (b, n)}
 
 
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> None:
+    """Copy `count` bytes from src at `offset` to dst's current position, in the kernel."""
+    while count > 0:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(count, 1 << 30), offset)
+        except OSError:  # file systems without copy_file_range
+            n = os.write(dst_fd, os.pread(src_fd, min(count, 16 << 20), offset))
+        if n <= 0:
+            raise OSError(f"short copy at offset {offset}")
+        offset += n
+        count -= n
+
+
 def split_stream(src: Path, out_dir: Path, op: OnehotParams) -> dict:
+    """Write each split's slice of `src` (a 1-D .npy) as its own .npy, copied in the kernel."""
     shape, dtype = npy_header(src)
-    n = shape[0]
-    bounds = split_bounds(n, op)
-    writers = {s: NpyWriter(out_dir / f"{s}.npy", dtype, (e - b,)) for s, (b, e) in bounds.items()}
+    with open(src, "rb") as f:
+        read_header(f)
+        data_at = f.tell()
+    bounds = split_bounds(shape[0], op)
+    src_fd = os.open(src, os.O_RDONLY)
     try:
-        for off, chunk in iter_npy(src):
-            for s, (b, e) in bounds.items():
-                lo, hi = max(b, off), min(e, off + len(chunk))
-                if lo < hi:
-                    writers[s].write(chunk[lo - off : hi - off])
+        for s, (b, e) in bounds.items():
+            with open(out_dir / f"{s}.npy", "wb") as out:
+                npformat.write_array_header_1_0(out, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": (e - b,)})
+                out.flush()
+                _copy_range(src_fd, out.fileno(), data_at + b * dtype.itemsize, (e - b) * dtype.itemsize)
     finally:
-        for w in writers.values():
-            w.close()
+        os.close(src_fd)
     return {s: e - b for s, (b, e) in bounds.items()}
 
 

@@ -11,10 +11,10 @@ Levels (params `tokenize.level`):
   map to `<unk>` (id 0).
 
 Outputs: `vocab.json` (token -> id, id -> token, counts) and `tokens.npy`, the stream of
-ids in the smallest unsigned integer type that fits. Two passes over the file (count,
-then map), 1 MB at a time; an ASCII piece takes a byte lookup table, any other piece is
-decoded as UTF-8 (invalid bytes: an error naming the offset, or U+FFFD with
-`errors: replace`). Memory stays flat whatever the corpus size.
+ids in the smallest unsigned integer type that fits. Char and byte levels run in two
+parallel passes (count, then map; see pipeline/charscan.py); invalid UTF-8 is an error
+naming the byte offset, or U+FFFD with `errors: replace`. Memory stays flat whatever the
+corpus size.
 
 Music corpora (kind `music`) go through `pipeline.pianoroll` instead.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import charscan
 from pipeline.atomic import atomic_dir
 from pipeline.config import Params, TokenizeParams, load_params
 from pipeline.errors import UserError, cli
@@ -36,110 +37,18 @@ from pipeline.npyio import NpyWriter, smallest_uint
 
 RAW = Path("data/raw")
 TOKENS = Path("data/tokens")
-READ = 16 << 20  # bytes per read
-PIECE = 1 << 20  # bytes per vectorised piece (fits the cache: bincount runs ~4x faster)
-N_CODEPOINTS = 0x110000
 WORD_RE = re.compile(r"\w+|\s+|[^\w\s]")
 UNK = "<unk>"
-
-
-def _cut(buf: bytes, p: int) -> int:
-    """Move cut `p` back off UTF-8 continuation bytes (0b10xxxxxx), at most 3."""
-    for _ in range(3):
-        if p <= 0 or p >= len(buf) or (buf[p] & 0xC0) != 0x80:
-            break
-        p -= 1
-    return p
-
-
-def pieces(path: Path, utf8: bool = True, sha=None):
-    """Yield (byte offset, piece) of about PIECE bytes, cut at UTF-8 character starts."""
-    offset = 0
-    carry = b""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(READ)
-            if sha is not None and block:
-                sha.update(block)
-            data = carry + block if carry else block
-            if not data:
-                return
-            eof = len(block) < READ
-            end = len(data) if eof else (_cut(data, len(data) - 4) if utf8 else len(data))
-            p = 0
-            while p < end:
-                q = min(p + PIECE, end)
-                if q < end and utf8:
-                    q = _cut(data, q) or q
-                yield offset + p, data[p:q]
-                p = q
-            carry = data[end:]
-            offset += end
-            if eof:
-                if carry:
-                    yield offset, carry
-                return
-
-
-def _decode(piece: bytes, offset: int, errors: str, path: Path) -> str:
-    try:
-        return piece.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        bad = piece[e.start : e.start + 1].hex()
-        raise UserError(
-            f"{path}: invalid UTF-8 at byte offset {offset + e.start} (0x{bad}); fix the file, "
-            f"set tokenize.errors: replace, or use tokenize.level: byte"
-        ) from None
-
-
-def _codepoints(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
-
-
-def _check_text(piece: bytes, offset: int, path: Path) -> None:
-    nul = piece.find(b"\x00")
-    if nul >= 0:
-        raise UserError(
-            f"{path}: looks binary (NUL byte at offset {offset + nul}); give a text corpus, or use tokenize.level: byte"
-        )
-
-
-def scan_chars(path: Path, tp: TokenizeParams, level: str):
-    """Pass 1: sha256 and token counts. Returns (counts over code points or bytes, sha256)."""
-    sha = hashlib.sha256()
-    size = 256 if level == "byte" else N_CODEPOINTS
-    counts = np.zeros(size, dtype=np.int64)
-    for off, piece in pieces(path, utf8=level == "char", sha=sha):
-        if level == "byte":
-            counts += np.bincount(np.frombuffer(piece, np.uint8), minlength=256)
-            continue
-        _check_text(piece, off, path)
-        if piece.isascii():
-            counts[:256] += np.bincount(np.frombuffer(piece, np.uint8), minlength=256)
-        else:
-            counts += np.bincount(_codepoints(_decode(piece, off, tp.errors, path)), minlength=N_CODEPOINTS)
-    return counts, sha.hexdigest()
-
-
-def write_chars(path: Path, tp: TokenizeParams, level: str, ids: np.ndarray, dtype, total: int, out: Path) -> None:
-    """Pass 2: map every code point (or byte) to its id and stream the ids to `out`."""
-    lut = np.zeros(256 if level == "byte" else N_CODEPOINTS, dtype=dtype)
-    lut[ids] = np.arange(len(ids), dtype=dtype)
-    lut8 = lut[:256]
-    with NpyWriter(out, dtype, (total,)) as w:
-        for off, piece in pieces(path, utf8=level == "char"):
-            if level == "byte" or piece.isascii():
-                w.write(np.take(lut8, np.frombuffer(piece, np.uint8)))
-            else:
-                w.write(np.take(lut, _codepoints(_decode(piece, off, tp.errors, path))))
 
 
 def _word_pieces(path: Path, tp: TokenizeParams, sha=None):
     """Decoded text pieces cut after whitespace, so no word is split between pieces."""
     tail = ""
-    for off, piece in pieces(path, utf8=True, sha=sha):
-        _check_text(piece, off, path)
-        s = tail + _decode(piece, off, tp.errors, path)
+    for off, piece in charscan.pieces(path, utf8=True):
+        if sha is not None:
+            sha.update(piece)
+        charscan.check_text(piece, off, path)
+        s = tail + charscan._decode(piece, off, tp.errors, path)
         m = max(s.rfind(" "), s.rfind("\n"))
         if m < 0:
             tail = s
@@ -185,11 +94,11 @@ def tokenize_file(path: Path, tp: TokenizeParams, out_dir: Path) -> dict:
     if tp.level == "word":
         r = tokenize_words(path, tp, out_dir)
     else:
-        counts, sha = scan_chars(path, tp, tp.level)
+        counts, seg_tokens, segs, sha = charscan.scan(path, tp.level, tp.errors)
         ids = np.flatnonzero(counts)
         dtype = smallest_uint(len(ids))
         total = int(counts.sum())
-        write_chars(path, tp, tp.level, ids, dtype, total, out_dir / "tokens.npy")
+        charscan.write_ids(path, tp.level, tp.errors, ids, dtype, seg_tokens, segs, out_dir / "tokens.npy")
         tokens = [int(i) for i in ids] if tp.level == "byte" else [chr(i) for i in ids]
         r = {"tokens": tokens, "counts": [int(c) for c in counts[ids]], "unk": None, "sha256": sha, "total": total, "dtype": dtype}
     vocab = {

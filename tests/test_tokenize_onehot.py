@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tokenize as tok
-from pipeline.config import OnehotParams, TokenizeParams
+from pipeline import charscan
+from pipeline.config import OnehotParams
 from pipeline.onehot import split_bounds
 from tests.conftest import one_line_error, run_module
 from tests.test_download import write_params
@@ -51,13 +51,16 @@ def test_multibyte_characters_across_piece_boundaries(tmp_path, monkeypatch):
     text = "a€😀b日" * 50 + "é" * 37
     p = tmp_path / "t.txt"
     p.write_bytes(text.encode())
-    monkeypatch.setattr(tok, "PIECE", 7)
-    monkeypatch.setattr(tok, "READ", 16)
-    out = tmp_path / "o"
-    out.mkdir()
-    v = tok.tokenize_file(p, TokenizeParams(), out)
-    ids = np.load(out / "tokens.npy")
-    assert "".join(v["tokens"][i] for i in ids) == text
+    monkeypatch.setattr(charscan, "PIECE", 7)
+    monkeypatch.setattr(charscan, "READ", 16)
+    for workers in (1, 3):
+        counts, seg_tokens, segs, _ = charscan.scan(p, "char", "strict", workers=workers)
+        assert len(segs) == workers and sum(seg_tokens) == len(text)
+        ids = np.flatnonzero(counts)
+        assert [chr(i) for i in ids] == sorted(set(text))
+        out = tmp_path / f"o{workers}.npy"
+        charscan.write_ids(p, "char", "strict", ids, np.uint8, seg_tokens, segs, out)
+        assert "".join(chr(ids[i]) for i in np.load(out)) == text
 
 
 def test_byte_and_word_levels(tmp_path):
