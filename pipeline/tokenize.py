@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_modules.vocab import UNK, WORD_RE  # no torch: vocab.py imports only re/json
 from pipeline import charscan
 from pipeline.atomic import atomic_dir
 from pipeline.config import Params, TokenizeParams, load_params
@@ -37,8 +38,6 @@ from pipeline.npyio import NpyWriter, smallest_uint
 
 RAW = Path("data/raw")
 TOKENS = Path("data/tokens")
-WORD_RE = re.compile(r"\w+|\s+|[^\w\s]")
-UNK = "<unk>"
 
 
 def _word_pieces(path: Path, tp: TokenizeParams, sha=None):

@@ -1,0 +1,217 @@
+"""LightningModule for the language model: BPTT, truncated BPTT(K1, K2), exact resume.
+
+Training regimes (manual optimisation, one optimizer step per batch):
+
+- bptt="full": each batch is B independent windows of T tokens; the network is unrolled
+  over the whole window from a zero state, the error of all T outputs is computed and
+  one backward pass updates the weights (the lecture's BPTT step).
+- bptt="tbptt": Sutskever's truncated BPTT, "every k1 time steps, run BPTT for k2 time
+  steps". Each batch brings the next K1 tokens of B contiguous streams. The network is
+  run over the last K2 tokens (the K2 - K1 before, kept from earlier batches, and the K1
+  new ones) from the state saved at the start of that window; the loss is taken on the
+  K1 new outputs and back-propagated through all K2 steps; the state after the first K1
+  tokens of the window, detached, starts the next window (whose first K2 - K1 tokens are
+  this window's last). K1 = K2 is the usual case: the state is carried from batch to
+  batch and detached at every boundary.
+
+Both clip the gradient norm (Pascanu et al. 2013) and follow a linear-warmup cosine
+learning-rate schedule by optimizer step. Losses are in nats per token; validation also
+logs bits per token (nats / ln 2) and perplexity (e^nats).
+
+Checkpoints carry, beyond Lightning's own state (weights, optimizer, step, loops): the
+vocabulary (so a checkpoint samples on its own), the TBPTT state and context, and the
+torch / numpy / python RNG states, so that N steps + stop + resume N steps give the same
+weights as 2N steps straight. Everything is weights_only-loadable.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.lm import CharRNN
+
+LN2 = math.log(2.0)
+
+
+class CharLM(L.LightningModule):
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        hidden: int = 256,
+        layers: int = 2,
+        dropout: float = 0.0,
+        input: str = "embedding",
+        lr: float = 3e-3,
+        min_lr_frac: float = 0.1,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.99),
+        clip: float = 1.0,
+        max_steps: int = 1000,
+        bptt: str = "full",
+        k1: int = 64,
+        k2: int = 64,
+        log_every: int = 10,
+        fused: bool | None = None,
+    ):
+        super().__init__()
+        if bptt not in ("full", "tbptt"):
+            raise ValueError(f"bptt must be 'full' or 'tbptt', got {bptt!r}")
+        if bptt == "tbptt" and not 0 < k1 <= k2:
+            raise ValueError(f"truncated BPTT needs 0 < k1 <= k2, got k1={k1}, k2={k2}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model = CharRNN(vocab_size, cell, hidden, layers, dropout, input, fused=fused)
+        self.vocab: dict | None = None  # {"level", "tokens", "unk"}, saved into checkpoints
+        self._carry = None  # TBPTT: (context ids (B, <=k2-k1), state at its start)
+        self._val = None
+
+    # -- schedule -------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine from lr down to min_lr_frac * lr at max_steps."""
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return hp.lr * (step + 1) / hp.warmup_steps
+        frac = min(1.0, (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps))
+        return hp.lr * (hp.min_lr_frac + (1 - hp.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=fused or None)
+
+    # -- training -------------------------------------------------------------------------
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    def _tbptt_loss(self, x: torch.Tensor, y: torch.Tensor, reset: bool) -> torch.Tensor:
+        hp = self.hparams
+        if reset or self._carry is None:
+            ctx, state = x[:, :0], None
+        else:
+            ctx, state = self._carry
+        window = torch.cat([ctx, x], 1)  # the last <= K2 tokens; the K1 new ones at the end
+        keep = min(hp.k2 - hp.k1, window.shape[1])  # context the next window reuses
+        head = window.shape[1] - keep
+        if head == 0:  # stream start: the whole window is next window's context
+            mid = state if state is not None else self.model.rnn.init_state(x.shape[0], x.device)
+            logits, _ = self.model(window, mid)
+        else:
+            logits, mid = self.model(window[:, :head], state)
+            if keep:
+                logits_b, _ = self.model(window[:, head:], mid)
+                logits = torch.cat([logits, logits_b], 1)
+        self._carry = (window[:, head:], tuple(s.detach() for s in mid))
+        return self._loss(logits[:, -x.shape[1] :], y)
+
+    def training_step(self, batch, batch_idx):
+        x, y, reset = batch
+        opt = self.optimizers()
+        step = self.global_step
+        lr = self.lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if self.hparams.bptt == "full":
+            logits, _ = self.model(x)
+            loss = self._loss(logits, y)
+        else:
+            loss = self._tbptt_loss(x, y, reset)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hparams.clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="norm")
+        opt.step()
+        if step % self.hparams.log_every == 0:
+            # logged as a tensor: no host sync here; the logger reads it every log_every steps
+            self.log("train_loss", loss.detach(), on_step=True, on_epoch=False)
+            self.log("lr", lr, on_step=True, on_epoch=False)
+        return loss.detach()
+
+    # -- evaluation: streams with the state carried; sums reduced over ranks ---------------
+    def _eval_start(self):
+        self._val = {"sum": torch.zeros((), dtype=torch.float64, device=self.device), "n": 0, "state": None}
+
+    def _eval_step(self, batch):
+        x, y, reset = batch
+        state = None if reset else self._val["state"]
+        logits, state = self.model(x, state)
+        self._val["state"] = state
+        self._val["sum"] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum").double()
+        self._val["n"] += y.numel()
+
+    def _eval_end(self, prefix: str):
+        tot = torch.stack([self._val["sum"], torch.tensor(float(self._val["n"]), dtype=torch.float64, device=self.device)])
+        if self.trainer.world_size > 1:
+            tot = self.trainer.strategy.reduce(tot, reduce_op="sum")
+        if tot[1] > 0:
+            nats = (tot[0] / tot[1]).float()
+            # already summed over ranks; sync_dist averages equal values (and keeps Lightning quiet)
+            self.log(f"{prefix}_loss", nats, prog_bar=True, sync_dist=True)
+            self.log(f"{prefix}_bpc", nats / LN2, sync_dist=True)
+            self.log(f"{prefix}_ppl", torch.exp(nats), sync_dist=True)
+        self._val = None
+
+    def on_validation_epoch_start(self):
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def on_test_epoch_start(self):
+        self._eval_start()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    # -- checkpoints: vocabulary, TBPTT carry, RNG states ----------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vocab"] = self.vocab
+        if self._carry is not None:
+            ctx, state = self._carry
+            checkpoint["tbptt_carry"] = {"ctx": ctx.cpu(), "state": [s.cpu() for s in state]}
+        np_state = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": _py_state(random.getstate()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.vocab = checkpoint.get("vocab")
+        carry = checkpoint.get("tbptt_carry")
+        if carry is not None:
+            self._carry = (carry["ctx"].to(self.device), tuple(s.to(self.device) for s in carry["state"]))
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            n = rng["numpy"]
+            np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+            random.setstate(_py_state_back(rng["python"]))
+
+    def on_train_start(self):
+        if self._carry is not None:  # restored on CPU before the model moved
+            ctx, state = self._carry
+            self._carry = (ctx.to(self.device), tuple(s.to(self.device) for s in state))
+
+
+def _py_state(s):
+    return [s[0], list(s[1]), s[2]]
+
+
+def _py_state_back(s):
+    return (s[0], tuple(s[1]), s[2])

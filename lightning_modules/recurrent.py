@@ -1,0 +1,119 @@
+"""A stack of L recurrent layers: the fused kernel where one exists, the equation cells otherwise.
+
+`RecurrentStack(cell, input_size, hidden, layers, dropout)` runs torch.nn.RNN / LSTM / GRU
+(cuDNN on GPU, oneDNN on CPU) for the cells those kernels implement (`rnn`, `lstm`,
+`gru`) and the cells of `cells.py` for everything else (the Greff variants, the slide's
+GRU). Both paths take and return the state as a tuple of (L, B, H) tensors: (h, C) for
+LSTM cells, (h,) otherwise. Dropout acts between layers, as in torch.nn.
+
+Weight mapping between the two forms (`to_equation`, `to_fused`), per layer k:
+- LSTM: weight_ih_lk / weight_hh_lk are the equation cell's weight_ih / weight_hh, rows
+  (i, f, C~, o); the cell's bias b = bias_ih_lk + bias_hh_lk (the way back puts all of it
+  in bias_ih and zero in bias_hh).
+- RNN: the same with one gate.
+- GRU: rows (r, z, n); torch's z is 1 - the lecture's z, and 1 - sigma(a) = sigma(-a), so
+  the z rows of weights and biases change sign; r and n rows are equal.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.cells import CELLS, FUSED, make_cell
+
+
+class RecurrentStack(nn.Module):
+    def __init__(self, cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0, fused: bool | None = None):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        if fused and cell not in FUSED:
+            raise ValueError(f"cell {cell!r} has no fused kernel; only {', '.join(FUSED)} do")
+        self.cell, self.input_size, self.hidden, self.num_layers = cell, input_size, hidden, layers
+        self.dropout = dropout
+        self.fused = cell in FUSED if fused is None else fused
+        self.has_cell = cell.startswith("lstm")
+        if self.fused:
+            self.rnn = getattr(nn, FUSED[cell])(input_size, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        else:
+            self.layers = nn.ModuleList(make_cell(cell, input_size if k == 0 else hidden, hidden) for k in range(layers))
+            self.drop = nn.Dropout(dropout)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, ...]:
+        z = torch.zeros(self.num_layers, batch, self.hidden, device=device, dtype=dtype)
+        return (z, z.clone()) if self.has_cell else (z,)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """x (B, T, input_size) -> y (B, T, H), state: tuple of (L, B, H)."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        if self.fused:
+            if self.has_cell:
+                y, (h, c) = self.rnn(x, (state[0].to(x.dtype), state[1].to(x.dtype)))
+                return y, (h, c)
+            y, h = self.rnn(x, state[0].to(x.dtype))
+            return y, (h,)
+        new = []
+        inp = x
+        for k, cell in enumerate(self.layers):
+            y, s = cell(inp, tuple(t[k] for t in state))
+            new.append(s)
+            inp = self.drop(y) if k + 1 < self.num_layers else y
+        return inp, tuple(torch.stack(parts) for parts in zip(*new))
+
+
+def _equation_params(cell: str, sd: dict, k: int, hidden: int) -> dict:
+    """Fused layer k's weights -> the equation cell's parameter dict."""
+    w_ih, w_hh = sd[f"weight_ih_l{k}"], sd[f"weight_hh_l{k}"]
+    b_ih, b_hh = sd[f"bias_ih_l{k}"], sd[f"bias_hh_l{k}"]
+    if cell == "gru":
+        sign = torch.ones(3 * hidden, dtype=w_ih.dtype, device=w_ih.device)
+        sign[hidden : 2 * hidden] = -1
+        return {"weight_ih": w_ih * sign[:, None], "weight_hh": w_hh * sign[:, None], "bias_ih": b_ih * sign, "bias_hh": b_hh * sign}
+    return {"weight_ih": w_ih, "weight_hh": w_hh, "bias": b_ih + b_hh}
+
+
+def _fused_params(cell: str, p: dict, k: int, hidden: int) -> dict:
+    """The equation cell's parameter dict -> fused layer k's weights."""
+    if cell == "gru":
+        sign = torch.ones(3 * hidden, dtype=p["weight_ih"].dtype, device=p["weight_ih"].device)
+        sign[hidden : 2 * hidden] = -1
+        return {
+            f"weight_ih_l{k}": p["weight_ih"] * sign[:, None],
+            f"weight_hh_l{k}": p["weight_hh"] * sign[:, None],
+            f"bias_ih_l{k}": p["bias_ih"] * sign,
+            f"bias_hh_l{k}": p["bias_hh"] * sign,
+        }
+    return {
+        f"weight_ih_l{k}": p["weight_ih"],
+        f"weight_hh_l{k}": p["weight_hh"],
+        f"bias_ih_l{k}": p["bias"],
+        f"bias_hh_l{k}": torch.zeros_like(p["bias"]),
+    }
+
+
+@torch.no_grad()
+def to_equation(stack: RecurrentStack) -> RecurrentStack:
+    """The same network as equation cells (a copy); `stack` must be fused."""
+    if not stack.fused:
+        raise ValueError("to_equation needs a fused stack")
+    eq = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=False)
+    eq.to(next(stack.parameters()).dtype)
+    sd = stack.rnn.state_dict()
+    for k, layer in enumerate(eq.layers):
+        layer.load_state_dict(_equation_params(stack.cell, sd, k, stack.hidden))
+    return eq.to(next(stack.parameters()).device)
+
+
+@torch.no_grad()
+def to_fused(stack: RecurrentStack) -> RecurrentStack:
+    """The same network on the fused kernel (a copy); `stack` must be equation cells of rnn/lstm/gru."""
+    if stack.fused or stack.cell not in FUSED:
+        raise ValueError(f"to_fused needs an equation stack of {', '.join(FUSED)}")
+    fz = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=True)
+    fz.to(next(stack.parameters()).dtype)
+    sd = {}
+    for k, layer in enumerate(stack.layers):
+        sd.update(_fused_params(stack.cell, dict(layer.named_parameters()), k, stack.hidden))
+    fz.rnn.load_state_dict(sd)
+    return fz.to(next(stack.parameters()).device)

@@ -1,0 +1,178 @@
+"""Equation cells: equal to torch.nn after weight mapping, gradcheck, each variant's defining property."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.cells import CELLS, LSTM_VARIANTS, GRUCell, LSTMCell, make_cell
+from lightning_modules.recurrent import RecurrentStack, to_equation, to_fused
+
+torch.set_default_dtype(torch.float64)
+B, T, I, H, L = 3, 7, 5, 4, 2
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_equation_cells_match_torch_kernels(cell):
+    torch.manual_seed(0)
+    fused = RecurrentStack(cell, I, H, L, fused=True).double()
+    eq = to_equation(fused)
+    x = torch.randn(B, T, I, requires_grad=True)
+    s0 = tuple(torch.randn(L, B, H) for _ in range(2 if cell == "lstm" else 1))
+    y1, st1 = fused(x, s0)
+    y2, st2 = eq(x, s0)
+    assert rel(y2, y1) <= 1e-10
+    for a, b in zip(st2, st1):
+        assert rel(a, b) <= 1e-10
+    g1 = torch.autograd.grad((y1**2).sum() + sum((s**3).sum() for s in st1), [x, *fused.parameters()])
+    g2 = torch.autograd.grad((y2**2).sum() + sum((s**3).sum() for s in st2), [x, *eq.parameters()])
+    assert rel(g2[0], g1[0]) <= 1e-10  # input gradient
+    # and back: the round trip computes the same function
+    assert rel(to_fused(eq)(x, s0)[0], y1) <= 1e-10
+    # parameter gradients, compared in the fused layout
+    eq_grads = dict(zip([n for n, _ in eq.named_parameters()], g2[1:]))
+    fz_grads = dict(zip([n for n, _ in fused.named_parameters()], g1[1:]))
+    for k in range(L):
+        if cell == "gru":
+            sign = torch.ones(3 * H)
+            sign[H : 2 * H] = -1
+            assert rel(eq_grads[f"layers.{k}.weight_hh"] * sign[:, None], fz_grads[f"rnn.weight_hh_l{k}"]) <= 1e-10
+            assert rel(eq_grads[f"layers.{k}.bias_hh"] * sign, fz_grads[f"rnn.bias_hh_l{k}"]) <= 1e-10
+        else:
+            assert rel(eq_grads[f"layers.{k}.weight_hh"], fz_grads[f"rnn.weight_hh_l{k}"]) <= 1e-10
+            # b = b_ih + b_hh: each torch bias gets the cell bias's gradient
+            assert rel(eq_grads[f"layers.{k}.bias"], fz_grads[f"rnn.bias_ih_l{k}"]) <= 1e-10
+        assert rel(eq_grads[f"layers.{k}.weight_ih"] * (sign[:, None] if cell == "gru" else 1), fz_grads[f"rnn.weight_ih_l{k}"]) <= 1e-10
+
+
+def test_fused_loads_equation_weights():
+    torch.manual_seed(1)
+    eq = RecurrentStack("lstm", I, H, L, fused=False).double()
+    fz = to_fused(eq)
+    x = torch.randn(B, T, I)
+    assert rel(fz(x)[0], eq(x)[0]) <= 1e-10
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_every_cell(cell):
+    torch.manual_seed(2)
+    m = make_cell(cell, 3, 2).double()
+    x = torch.randn(2, 3, 3, requires_grad=True)
+    state = tuple(torch.randn(2, 2, requires_grad=True) for _ in range(2 if isinstance(m, LSTMCell) else 1))
+
+    def f(x, *s):
+        y, st = m(x, s)
+        return (y, *st)
+
+    assert torch.autograd.gradcheck(f, (x, *state), eps=1e-6, atol=1e-6)
+    params = list(m.parameters())
+    assert torch.autograd.gradcheck(lambda *ps: _with_params(m, ps, x, state), params, eps=1e-6, atol=1e-6)
+
+
+def _with_params(m, ps, x, state):
+    return torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()], ps)), (x, state))[0]
+
+
+def _step(cell, x, h, c):
+    y, (h2, c2) = cell(x[:, None], (h, c))
+    return h2, c2
+
+
+def gates_of(cell: LSTMCell, x, h, c):
+    """Recompute the pre-activations of one step by hand from the cell's weights."""
+    pre = x @ cell.weight_ih.T + cell.bias + h @ cell.weight_hh.T
+    return dict(zip(cell.gate_names, pre.split(cell.hidden, 1)))
+
+
+def test_variant_defining_properties():
+    torch.manual_seed(3)
+    x, h, c = torch.randn(4, I), torch.randn(4, H), torch.randn(4, H)
+    sig, tanh = torch.sigmoid, torch.tanh
+
+    # NFG: f = 1, the old state is carried unscaled
+    m = LSTMCell(I, H, "lstm-nfg")
+    p = gates_of(m, x, h, c)
+    i = sig(p["i"] + m.peep["i"] * c)
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(c2, c + i * tanh(p["g"]))
+    assert "f" not in m.gate_names
+
+    # CIFG: f = 1 - i
+    m = LSTMCell(I, H, "lstm-cifg")
+    p = gates_of(m, x, h, c)
+    i = sig(p["i"] + m.peep["i"] * c)
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(c2, (1 - i) * c + i * tanh(p["g"]))
+
+    # NIG: i = 1
+    m = LSTMCell(I, H, "lstm-nig")
+    p = gates_of(m, x, h, c)
+    f = sig(p["f"] + m.peep["f"] * c)
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(c2, f * c + tanh(p["g"]))
+
+    # NOG: o = 1, h = tanh(C)
+    m = LSTMCell(I, H, "lstm-nog")
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(h2, tanh(c2))
+
+    # NIAF: g(x) = x
+    m = LSTMCell(I, H, "lstm-niaf")
+    p = gates_of(m, x, h, c)
+    i, f = sig(p["i"] + m.peep["i"] * c), sig(p["f"] + m.peep["f"] * c)
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(c2, f * c + i * p["g"])
+
+    # NOAF: h = o * C; the output peephole looks at the new state C_t
+    m = LSTMCell(I, H, "lstm-noaf")
+    p = gates_of(m, x, h, c)
+    h2, c2 = _step(m, x, h, c)
+    o = sig(p["o"] + m.peep["o"] * c2)
+    assert torch.allclose(h2, o * c2)
+
+    # V: peepholes i, f on C_{t-1}, o on C_t; NP/lstm: none
+    m = LSTMCell(I, H, "lstm-v")
+    p = gates_of(m, x, h, c)
+    i, f = sig(p["i"] + m.peep["i"] * c), sig(p["f"] + m.peep["f"] * c)
+    c_new = f * c + i * tanh(p["g"])
+    h2, c2 = _step(m, x, h, c)
+    assert torch.allclose(c2, c_new) and torch.allclose(h2, sig(p["o"] + m.peep["o"] * c_new) * tanh(c_new))
+    assert LSTMCell(I, H, "lstm-np").peep is None and LSTMCell(I, H, "lstm").peep is None
+
+    # FGR: with the gate-to-gate weights zero it is V; with them, step 2 differs
+    m = LSTMCell(I, H, "lstm-fgr")
+    v = LSTMCell(I, H, "lstm-v")
+    v.load_state_dict({k: w for k, w in m.state_dict().items() if k != "weight_gg"})
+    xs = torch.randn(4, 2, I)
+    with torch.no_grad():
+        m.weight_gg.zero_()
+    assert torch.allclose(m(xs, (h, c))[0], v(xs, (h, c))[0])
+    with torch.no_grad():
+        m.weight_gg.normal_()
+    y_m, y_v = m(xs, (h, c))[0], v(xs, (h, c))[0]
+    assert torch.allclose(y_m[:, 0], y_v[:, 0]) and not torch.allclose(y_m[:, 1], y_v[:, 1])
+    assert m.weight_gg.shape == (3 * H, 3 * H)
+
+
+def test_gru_lecture_form_is_the_slide():
+    torch.manual_seed(4)
+    m = GRUCell(I, H, "lecture")
+    assert m.bias_ih is None
+    x, h = torch.randn(4, I), torch.randn(4, H)
+    Wx, Wh = m.weight_ih, m.weight_hh
+    r = torch.sigmoid(x @ Wx[:H].T + h @ Wh[:H].T)
+    z = torch.sigmoid(x @ Wx[H : 2 * H].T + h @ Wh[H : 2 * H].T)
+    n = torch.tanh(x @ Wx[2 * H :].T + (r * h) @ Wh[2 * H :].T)
+    y, (h2,) = m(x[:, None], (h,))
+    assert torch.allclose(h2, (1 - z) * h + z * n)
+
+
+def test_unknown_cell_is_an_error():
+    with pytest.raises(ValueError, match="unknown cell 'lstm-xyz'"):
+        make_cell("lstm-xyz", 2, 2)
+    with pytest.raises(ValueError, match="no fused kernel"):
+        RecurrentStack("lstm-v", 2, 2, fused=True)
+    assert set(LSTM_VARIANTS) >= {"lstm-v", "lstm-nig", "lstm-nfg", "lstm-nog", "lstm-niaf", "lstm-noaf", "lstm-np", "lstm-cifg", "lstm-fgr"}

@@ -1,0 +1,134 @@
+"""The Lightning language model: 1-of-k input, BPTT and TBPTT, exact resume, DDP, checkpoints, sampling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.checkpoint import load_checkpoint
+from lightning_modules.lm import CharRNN
+from lightning_modules.onehot import OneHotInput, onehot
+from lightning_modules.sampling import generate, sample_ids
+from lightning_modules.train import evaluate, fit
+from lightning_modules.vocab import Vocab
+from tests.lmdata import make_corpus
+
+TINY = dict(hidden=32, layers=2, batch_size=8, seq_len=32, val_every=20, progress_every=0, accelerator="cpu", eval_batch=4, eval_len=256, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_onehot_input_is_a_column_lookup():
+    torch.manual_seed(0)
+    V, E = 11, 5
+    W = torch.randn(E, V)
+    x = torch.tensor([[3, 0, 10], [7, 7, 1]])
+    oh = onehot(x, V)
+    assert oh.shape == (2, 3, V) and oh.sum(-1).eq(1).all() and oh.argmax(-1).equal(x)
+    assert torch.allclose(oh @ W.T, W[:, x].permute(1, 2, 0))  # W . onehot(x) = W[:, x]
+    inp, emb = OneHotInput(V, E), torch.nn.Embedding(V, E)
+    emb.load_state_dict(inp.state_dict())
+    assert torch.allclose(inp(x), emb(x))
+    m1, m2 = CharRNN(V, hidden=8, input="onehot"), CharRNN(V, hidden=8, input="embedding")
+    m2.load_state_dict(m1.state_dict())
+    assert torch.allclose(m1(x)[0], m2(x)[0], atol=1e-6)
+
+
+def test_full_bptt_learns_and_evaluates(corpus, tmp_path):
+    r = fit(dict(TINY, max_steps=60), corpus, tmp_path / "ckpt")
+    V = 30  # about the toy vocabulary; ln V is the loss of a uniform guess
+    assert r["best_val_loss"] < 0.6 * math.log(V)
+    assert (tmp_path / "ckpt/best.ckpt").exists() and (tmp_path / "ckpt/last.ckpt").exists()
+    ev = evaluate(tmp_path / "ckpt/best.ckpt", corpus, device="cpu", eval_batch=4, eval_len=256)
+    assert abs(ev["val_loss"] - r["best_val_loss"]) < 1e-4
+    assert ev["val_bpc"] == pytest.approx(ev["val_loss"] / math.log(2))
+    assert ev["val_tokens"] >= 6000 - 4
+
+
+def test_tbptt_window_and_carry(corpus):
+    from lightning_modules.module import CharLM
+
+    torch.manual_seed(0)
+    m = CharLM(vocab_size=40, hidden=16, layers=1, bptt="tbptt", k1=4, k2=10)
+    x = torch.randint(0, 40, (3, 4))
+    y = torch.randint(0, 40, (3, 4))
+    m._tbptt_loss(x, y, reset=True)
+    assert m._carry[0].shape == (3, 4)  # first window: only the K1 new tokens
+    for _ in range(3):
+        prev_ctx, prev_state = m._carry
+        loss = m._tbptt_loss(x, y, reset=False)
+        window = torch.cat([prev_ctx, x], 1)
+        logits, _ = m.model(window, prev_state)
+        expect = torch.nn.functional.cross_entropy(logits[:, -4:].reshape(-1, 40), y.reshape(-1))
+        assert torch.allclose(loss, expect)
+        # gradient reaches the oldest token of a full K2 window
+        if window.shape[1] == 10:
+            emb = m.model.encoder.weight
+            g = torch.autograd.grad(loss, emb)[0]
+            assert g[window[:, 0]].abs().sum() > 0
+            assert m._carry[0].shape == (3, 6)  # K2 - K1 tokens of context kept
+    loss = m._tbptt_loss(x, y, reset=True)  # a new pass starts from zeros
+    assert m._carry[0].shape == (3, 4)
+    with pytest.raises(ValueError, match="k1 <= k2"):
+        CharLM(vocab_size=5, bptt="tbptt", k1=8, k2=4)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("regime", [dict(bptt="full", dropout=0.2), dict(bptt="tbptt", k1=8, k2=16, dropout=0.2)])
+def test_exact_resume(corpus, tmp_path, regime):
+    cfg = dict(TINY, max_steps=24, val_every=12, **regime)
+    straight = fit(cfg, corpus, tmp_path / "a")
+    half = fit(cfg, corpus, tmp_path / "b", stop_at=12)
+    assert half["steps"] == 12
+    resumed = fit(cfg, corpus, tmp_path / "c", resume=str(tmp_path / "b/last.ckpt"))
+    assert straight["steps"] == resumed["steps"] == 24
+    a, c = _weights(tmp_path / "a/last.ckpt"), _weights(tmp_path / "c/last.ckpt")
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
+
+def test_ddp_two_ranks_equal_one_rank(corpus, tmp_path):
+    cfg = dict(TINY, max_steps=6, val_every=3, dropout=0.0, lr=3e-3)
+    one = fit(cfg, corpus, tmp_path / "one")
+    two = fit(dict(cfg, strategy="ddp_spawn", devices=2), corpus, tmp_path / "two")
+    a, b = _weights(tmp_path / "one/last.ckpt"), _weights(tmp_path / "two/last.ckpt")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
+    # rank 0 alone wrote checkpoints: exactly the two files, no per-rank copies
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert abs(one["best_val_loss"] - two["best_val_loss"]) < 1e-3
+
+
+def test_checkpoint_loads_weights_only_and_samples(corpus, tmp_path):
+    fit(dict(TINY, max_steps=40), corpus, tmp_path / "ck")
+    model, vocab, hp = load_checkpoint(tmp_path / "ck/best.ckpt")
+    assert isinstance(vocab, Vocab) and len(vocab) == hp["vocab_size"]
+    s1 = generate(model, vocab, "ROMEO:", 80, temperature=0.8, seed=7)
+    s2 = generate(model, vocab, "ROMEO:", 80, temperature=0.8, seed=7)
+    assert s1 == s2 and s1[0].startswith("ROMEO:") and len(s1[0]) == 86
+    batch = generate(model, vocab, "ROMEO:", 50, temperature=1.0, seed=1, n=4, top_k=5)
+    assert len(batch) == 4 and len(set(batch)) > 1
+    # one step per token with the carried state == one pass over the whole text (argmax)
+    prime = vocab.encode("JULIET:\n")
+    new = sample_ids(model, prime, 30, argmax=True)[0].tolist()
+    logits, _ = model(torch.tensor([prime + new]))
+    assert logits[0, len(prime) - 1 : -1].argmax(-1).tolist() == new
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        generate(model, vocab, "ROMEO:", 10, temperature=0)
+    with pytest.raises(ValueError, match=r"missing from the vocabulary: '#', 'Z'"):
+        generate(model, vocab, "Z#ROMEO", 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to make a GPU checkpoint (bench/gpu_check.sh covers it)")
+def test_gpu_checkpoint_samples_on_cpu(corpus, tmp_path):
+    fit(dict(TINY, max_steps=10, accelerator="gpu"), corpus, tmp_path / "g")
+    model, vocab, _ = load_checkpoint(tmp_path / "g/best.ckpt", map_location="cpu")
+    assert next(model.parameters()).device.type == "cpu"
+    assert len(generate(model, vocab, "ROMEO:", 20, seed=0)[0]) == 26
