@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 run: setup
-	dvc repro sample@$(CORPUS)
+	dvc repro evaluate@$(CORPUS) sample@$(CORPUS)
 	@echo; echo "== metrics"; dvc metrics show
 	@echo; echo "== sample (samples/$(CORPUS).txt)"; head -c 1200 samples/$(CORPUS).txt; echo
 	@echo; echo "Review the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1  (then open http://127.0.0.1:5000)"

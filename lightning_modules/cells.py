@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.names import CELLS, FUSED, LSTM_NAMES  # noqa: F401  (re-exported)
+
 
 def _uniform_(module: nn.Module, hidden: int) -> None:
     """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H))."""
@@ -286,5 +288,4 @@ def make_cell(name: str, input_size: int, hidden: int) -> nn.Module:
     raise ValueError(f"unknown cell {name!r}; choose one of {', '.join(CELLS)}")
 
 
-CELLS = ("rnn", "gru", "gru-lecture", *LSTM_VARIANTS)
-FUSED = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # cells the fused kernels run
+assert tuple(LSTM_VARIANTS) == LSTM_NAMES

@@ -61,12 +61,90 @@ class OnehotParams:
     min_train_tokens: int = 1024
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """Model, optimisation and trainer settings of the language model (see lightning_modules/train.py)."""
+
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+    input: str = "embedding"
+    bptt: str = "full"
+    seq_len: int = 128
+    k1: int = 64
+    k2: int = 64
+    batch_size: int = 32
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    max_steps: int = 1000
+    val_every: int = 250
+    eval_batch: int = 16
+    eval_len: int = 512
+    seed: int = 1337
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every: int = 10
+    progress_every: int = 100
+
+    def validate(self, path: str) -> None:
+        if self.bptt == "tbptt" and self.k1 > self.k2:
+            raise UserError(f"{PARAMS}: {path}.k1: truncated BPTT needs k1 <= k2, got k1={self.k1}, k2={self.k2}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"{PARAMS}: {path}.dropout: must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.min_lr_frac <= 1:
+            raise UserError(f"{PARAMS}: {path}.min_lr_frac: must be in [0, 1], got {self.min_lr_frac}")
+        world = self.devices * self.num_nodes
+        if self.batch_size % world or self.eval_batch % world:
+            raise UserError(f"{PARAMS}: {path}.batch_size/eval_batch: must divide by devices x num_nodes = {world}")
+
+    def to_fit(self) -> dict:
+        """The settings as lightning_modules.train.fit takes them."""
+        d = dataclasses.asdict(self)
+        return d
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    length: int = 2000
+    temperature: float = 0.8
+    top_k: int = 0
+    prime: str = ""
+    seed: int = 1234
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    enabled: bool = True
+    uri: str | None = None  # default: sqlite:///<project>/mlflow.db; env MLFLOW_TRACKING_URI wins
+    register: bool = True
+
+
+from lightning_modules.names import CELLS  # noqa: E402  (no torch: a list of names)
+
 CHOICES = {
     "kind": ("text", "music"),
     "level": ("char", "byte", "word"),
     "errors": ("strict", "replace"),
+    "cell": CELLS,
+    "input": ("embedding", "onehot"),
+    "bptt": ("full", "tbptt"),
+    "accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
+    "strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"),
+    "precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
 }
-POSITIVE = {"retries", "timeout_s", "max_vocab", "min_count"}
+POSITIVE = {
+    "retries", "timeout_s", "max_vocab", "min_count", "hidden", "layers", "seq_len", "k1", "k2", "batch_size", "lr",
+    "max_steps", "val_every", "eval_batch", "eval_len", "devices", "num_nodes", "log_every", "length", "n",
+}
+NON_NEGATIVE = {"warmup_steps", "weight_decay", "clip", "top_k", "progress_every", "seed"}
 
 
 def _check_value(path: str, name: str, value, typ):
@@ -100,6 +178,8 @@ def _check_value(path: str, name: str, value, typ):
         raise UserError(f"{PARAMS}: {path}: must be one of {', '.join(CHOICES[name])}, got {value!r}")
     if name in POSITIVE and value <= 0:
         raise UserError(f"{PARAMS}: {path}: must be > 0, got {value!r}")
+    if name in NON_NEGATIVE and value < 0:
+        raise UserError(f"{PARAMS}: {path}: must be >= 0, got {value!r}")
     return value
 
 
@@ -134,6 +214,11 @@ class Params:
     corpora: dict[str, Corpus]
     tokenize: TokenizeParams
     onehot: OnehotParams
+    train: TrainParams = field(default_factory=TrainParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    lm_corpora: tuple[str, ...] = ()
+    preset: str = "cpu"
     raw: dict = field(repr=False, default_factory=dict)
 
     def corpus(self, name: str) -> Corpus:
@@ -147,7 +232,28 @@ class Params:
         return Path(m).expanduser() if m else None
 
 
-SECTIONS = {"data", "corpora", "tokenize", "onehot"}
+SECTIONS = {"data", "corpora", "tokenize", "onehot", "train", "sample", "tracking", "lm_corpora", "preset", "presets", "studies"}
+
+
+def _apply_preset(raw: dict) -> dict:
+    """`preset: NAME` overlays presets.NAME (a mapping of sections) on the sections."""
+    name = raw.get("preset", "cpu")
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise UserError(f"{PARAMS}: presets: must be a mapping of preset name -> sections")
+    if name in (None, "cpu") and "cpu" not in presets:
+        return raw
+    if name not in presets:
+        raise UserError(f"{PARAMS}: preset: unknown preset {name!r} (known: {', '.join(['cpu', *presets])}); fix it or add presets.{name}")
+    out = dict(raw)
+    for section, values in (presets[name] or {}).items():
+        if section not in ("train", "sample", "tracking", "lm_corpora"):
+            raise UserError(f"{PARAMS}: presets.{name}.{section}: a preset may set train, sample, tracking or lm_corpora")
+        if isinstance(values, dict):
+            out[section] = {**(raw.get(section) or {}), **values}
+        else:
+            out[section] = values
+    return out
 
 
 def parse(raw: dict) -> Params:
@@ -157,6 +263,7 @@ def parse(raw: dict) -> Params:
     for key in raw:
         if key not in known:
             raise UserError(f"{PARAMS}: {key}: unknown section (known: {', '.join(sorted(known))}); fix the spelling or remove it")
+    raw = _apply_preset(raw)
     corpora_raw = raw.get("corpora") or {}
     if not isinstance(corpora_raw, dict) or not corpora_raw:
         raise UserError(f"{PARAMS}: corpora: declare at least one corpus")
@@ -175,8 +282,16 @@ def parse(raw: dict) -> Params:
         corpora=corpora,
         tokenize=build(TokenizeParams, raw.get("tokenize"), "tokenize"),
         onehot=build(OnehotParams, raw.get("onehot"), "onehot"),
+        train=build(TrainParams, raw.get("train"), "train"),
+        sample=build(SampleParams, raw.get("sample"), "sample"),
+        tracking=build(TrackingParams, raw.get("tracking"), "tracking"),
+        lm_corpora=_check_value("lm_corpora", "lm_corpora", raw.get("lm_corpora") or [], tuple[str, ...]),
+        preset=str(raw.get("preset", "cpu")),
         raw=raw,
     )
+    for c in p.lm_corpora:
+        if c not in corpora or corpora[c].kind != "text":
+            raise UserError(f"{PARAMS}: lm_corpora: {c!r} is not a declared text corpus (text corpora: {', '.join(k for k, v in corpora.items() if v.kind == 'text')})")
     oh = p.onehot
     if not (0 < oh.train_frac <= 1 and 0 <= oh.val_frac < 1 and oh.train_frac + oh.val_frac <= 1 + 1e-9):
         raise UserError(
@@ -186,7 +301,19 @@ def parse(raw: dict) -> Params:
     return p
 
 
-def load_params(path: str | os.PathLike = PARAMS) -> Params:
+def set_key(raw: dict, key: str, value) -> None:
+    """raw[section][...][leaf] = value for a dotted key (top-level keys like `preset` too)."""
+    node = raw
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if not isinstance(node.setdefault(p, {}), dict):
+            raise UserError(f"override {key}: {p} is not a section")
+        node = node[p]
+    node[leaf] = value
+
+
+def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None) -> Params:
+    """params.yaml, with optional {"section.key": value} overrides applied before validation."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found; run from the project root or pass --params")
@@ -194,4 +321,18 @@ def load_params(path: str | os.PathLike = PARAMS) -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
-    return parse(raw or {})
+    raw = raw or {}
+    for key, value in (overrides or {}).items():
+        set_key(raw, key, value)
+    return parse(raw)
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """["train.cell=gru", ...] -> {"train.cell": "gru", ...} (values parsed as YAML)."""
+    out = {}
+    for s in sets:
+        if "=" not in s:
+            raise UserError(f"--set {s!r}: expected section.key=value, e.g. train.cell=gru")
+        key, value = s.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out

@@ -116,7 +116,7 @@ def make_project(dest: Path) -> Path:
         elif src.exists():
             shutil.copy(src, dest / name)
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(os.environ, **GIT_ID)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=dest, check=True, env=env)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
@@ -124,8 +124,11 @@ def make_project(dest: Path) -> Path:
     return dest
 
 
+GIT_ID = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid", "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+
+
 def dvc(project: Path, *args, env=None, timeout=900):
-    e = dict(os.environ)
+    e = dict(os.environ, **GIT_ID)
     e["PATH"] = str(Path(PY).parent) + os.pathsep + e["PATH"]
     e.pop("CORPUS_MIRROR", None)
     if env:
@@ -138,3 +141,52 @@ def need_mirror():
     if not (SHARED_CORPORA / "tinyshakespeare.txt").is_file():
         pytest.skip("../shared/corpora (the offline corpus mirror) is absent: the real-corpus tests need it")
     return SHARED_CORPORA
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float, what: str) -> None:
+    import time
+    import urllib.request
+
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{what} did not answer {url} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real Prefect API server on 127.0.0.1 for the whole test session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", proc, 120, "prefect server")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

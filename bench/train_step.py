@@ -1,0 +1,157 @@
+"""Benchmark: the project's training step (CharLM in the Lightning Trainer, batches from the
+DataModule) against a plain PyTorch loop on the same model and batch, in the same run.
+
+    python bench/train_step.py                      # CPU: 2x256 LSTM, B32 T128, fp32
+    python bench/train_step.py --device cuda        # GPU: 3x512 LSTM, B128 T128, bf16 autocast
+    python bench/train_step.py --quick              # a few steps, to check the script
+
+Also: equation-cell throughput (forward + backward of one layer) as a fraction of the
+fused kernel, for the lecture's LSTM written from its equations and for Greff's vanilla
+LSTM with peepholes. Prints a table; writes bench/out/train_step.json.
+Data: data/onehot/tinyshakespeare (run `dvc repro onehot@tinyshakespeare`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+
+from lightning_modules.data import load_split  # noqa: E402
+from lightning_modules.lm import CharRNN  # noqa: E402
+from lightning_modules.recurrent import RecurrentStack  # noqa: E402
+from lightning_modules.train import fit  # noqa: E402
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(data, V, H, L, B, T, steps, warm, device, bf16):
+    """The anchor's loop: embedding + nn.LSTM + linear, AdamW, clip 1.0, random windows."""
+    torch.manual_seed(0)
+    m = CharRNN(V, "lstm", H, L, 0.0).to(device)
+    opt = torch.optim.AdamW(m.parameters(), 3e-3, weight_decay=0.01, fused=device == "cuda" or None)
+    data = data.to(device)
+    ar = torch.arange(T + 1, device=device)
+
+    def step():
+        ix = torch.randint(len(data) - T - 1, (B,), device=device)
+        w = data[ix[:, None] + ar].long()
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
+            logits, _ = m(w[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, V), w[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(warm):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return B * T * steps / (time.perf_counter() - t)
+
+
+class StepTimer(Callback):
+    def __init__(self, warm, device):
+        self.warm, self.device, self.t0, self.t1, self.n = warm, device, None, None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warm:
+            sync(self.device)
+            self.t0 = time.perf_counter()
+        elif trainer.global_step > self.warm:
+            self.n = trainer.global_step - self.warm
+
+    def on_train_end(self, trainer, pl_module):
+        sync(self.device)
+        self.t1 = time.perf_counter()
+
+
+def project_loop(data_dir, H, L, B, T, steps, warm, device, bf16):
+    timer = StepTimer(warm, device)
+    cfg = dict(
+        hidden=H, layers=L, dropout=0.0, batch_size=B, seq_len=T, max_steps=warm + steps, val_every=10**9,
+        progress_every=0, accelerator="gpu" if device == "cuda" else "cpu", precision="bf16-mixed" if bf16 else "32-true",
+        warmup_steps=0, log_every=50,
+    )
+    fit(cfg, data_dir, None, callbacks=[timer])
+    return B * T * timer.n / (timer.t1 - timer.t0)
+
+
+def cell_throughput(cell, fused, H, B, T, reps, device):
+    torch.manual_seed(0)
+    stack = RecurrentStack(cell, H, H, 1, fused=fused).to(device)
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    for _ in range(2):
+        stack(x)[0].sum().backward()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        stack(x)[0].sum().backward()
+    sync(device)
+    return B * T * reps / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
+    ap.add_argument("--rounds", type=int, default=2, help="alternate plain/project this many times; best of each")
+    a = ap.parse_args()
+    gpu = a.device == "cuda"
+    H, L, B, T = (512, 3, 128, 128) if gpu else (256, 2, 32, 128)
+    steps, warm = (5, 2) if a.quick else ((200, 20) if gpu else (40, 5))
+    if not (Path(a.data) / "meta.json").exists():
+        sys.exit(f"error: {a.data}/meta.json not found; run `dvc repro onehot@tinyshakespeare` first")
+    meta = json.loads((Path(a.data) / "meta.json").read_text())
+    data = load_split(a.data, "train")
+    plain, project = [], []
+    for _ in range(1 if a.quick else a.rounds):
+        plain.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, gpu))
+        project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, gpu))
+    ch, cb, cT = (512, 128, 128) if gpu else (256, 32, 128)
+    reps = 2 if a.quick else (20 if gpu else 5)
+    fused = cell_throughput("lstm", True, ch, cb, cT, reps, a.device)
+    eq = cell_throughput("lstm", False, ch, cb, cT, reps, a.device)
+    peep = cell_throughput("lstm-v", False, ch, cb, cT, reps, a.device)
+    res = {
+        "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if gpu else ", fp32"),
+        "plain_chars_per_s": round(max(plain)),
+        "project_chars_per_s": round(max(project)),
+        "ratio_project_to_plain": round(max(project) / max(plain), 3),
+        "cell": f"1 layer H{ch} B{cb} T{cT}, forward+backward",
+        "fused_lstm_chars_per_s": round(fused),
+        "equation_lstm_ratio": round(eq / fused, 3),
+        "equation_lstm_v_ratio": round(peep / fused, 3),
+    }
+    out = ROOT / "bench/out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"train_step_{a.device}.json").write_text(json.dumps(res, indent=1))
+    print("| measure | value |\n|---|---|")
+    print(f"| device | {res['device']} |")
+    print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")
+    print(f"| project (CharLM in Lightning Trainer + DataModule) | {res['project_chars_per_s']:,} chars/s ({res['ratio_project_to_plain']:.3f}x the plain loop) |")
+    print(f"| fused LSTM kernel, {res['cell']} | {res['fused_lstm_chars_per_s']:,} chars/s |")
+    print(f"| equation LSTM (lecture) / fused | {res['equation_lstm_ratio']:.3f}x |")
+    print(f"| equation LSTM-V (peepholes) / fused | {res['equation_lstm_v_ratio']:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Sample text from a trained model: a checkpoint path or a registered MLflow model.
+
+    python -m flows.sample --model models/tinyshakespeare/best.ckpt --prime "ROMEO:" --length 500
+    python -m flows.sample --model models:/charlm-tinyshakespeare/latest --temperature 0.8 --prime "ROMEO:" --length 500
+
+A models:/ URI is resolved with MLflow (MLFLOW_TRACKING_URI, default the project's
+sqlite:///mlflow.db); the weights-only checkpoint logged inside the model is used.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.config import SampleParams
+from pipeline.errors import UserError, cli
+from pipeline.sample import format_samples, sample_text
+
+
+def resolve(model: str, tmp: Path) -> Path:
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from pipeline.tracking import checkpoint_from_model_uri
+
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
+        try:
+            ckpt, _ = checkpoint_from_model_uri(model, tmp)
+        except Exception as e:  # MlflowException for an unknown name/version, and the like
+            raise UserError(f"{model}: cannot load it from MLflow ({str(e).splitlines()[0]}); check the name/version with the MLflow UI") from None
+        return ckpt
+    path = Path(model)
+    if not path.is_file():
+        raise UserError(f"{model}: no such checkpoint; give a .ckpt path or models:/<name>/<version>")
+    return path
+
+
+@cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="checkpoint path, or models:/charlm-<corpus>/<version|latest>")
+    ap.add_argument("--prime", default="")
+    ap.add_argument("--length", type=int, default=500)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--argmax", action="store_true", help="greedy decoding")
+    ap.add_argument("--n", type=int, default=1, help="samples, run as a batch")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    if a.length < 0 or a.n < 1:
+        raise UserError(f"--length must be >= 0 and --n >= 1, got {a.length} and {a.n}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = resolve(a.model, Path(tmp))
+        sp = SampleParams(length=a.length, temperature=a.temperature, top_k=a.top_k, prime=a.prime, seed=a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little"), n=a.n)
+        texts = sample_text(ckpt, sp, argmax=a.argmax, device=a.device)
+    sys.stdout.write(format_samples(texts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Stage `evaluate@<corpus>`: score the best checkpoint on whole splits -> metrics/<corpus>/eval.json.
+
+    python -m pipeline.evaluate tinyshakespeare
+
+Every token of val (and test, when the split is not empty) is scored once, by streams with
+the state carried (see lightning_modules/train.py). Metrics: loss in nats per token, bits
+per token (bits per character at char level), perplexity, evaluation tokens per second,
+and the training throughput from models/<corpus>/run.json. Logged to the training run in
+MLflow as eval_* metrics when tracking is on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipeline.atomic import write_json
+from pipeline.config import Params, load_params
+from pipeline.errors import UserError, cli
+from pipeline.train import MODELS, ONEHOT, check_data
+
+METRICS = Path("metrics")
+
+
+def model_dir(corpus: str, models_root: Path = MODELS) -> tuple[Path, dict]:
+    d = models_root / corpus
+    if not (d / "best.ckpt").is_file():
+        raise UserError(f"{d}/best.ckpt: not found; train first (dvc repro train@{corpus})")
+    run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
+    return d, run
+
+
+def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_root: Path = METRICS, onehot_root: Path = ONEHOT) -> dict:
+    from lightning_modules.train import evaluate as score
+
+    data_dir, meta = check_data(corpus, params, onehot_root)
+    d, run = model_dir(corpus, models_root)
+    tp = params.train
+    device = "cuda" if tp.accelerator in ("gpu", "cuda") else ("cpu" if tp.accelerator == "cpu" else None)
+    m = score(d / "best.ckpt", data_dir, ("val", "test"), device=device, eval_batch=tp.eval_batch, eval_len=tp.eval_len)
+    out = {k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}
+    out["train_tokens_per_s"] = run.get("train_tokens_per_s")
+    out["train_steps"] = run.get("steps")
+    out["level"] = meta.get("level", "char")
+    write_json(metrics_root / corpus / "eval.json", out)
+    mlf = run.get("mlflow")
+    if params.tracking.enabled and mlf:
+        from pipeline import tracking
+
+        numeric = {f"eval_{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_artifacts(mlf["tracking_uri"], mlf["run_id"], [metrics_root / corpus / "eval.json"], numeric, run.get("steps"))
+    return out
+
+
+@cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("corpus")
+    ap.add_argument("--params", default="params.yaml")
+    a = ap.parse_args(argv)
+    m = evaluate(a.corpus, load_params(a.params))
+    print(f"{a.corpus}: val_loss {m['val_loss']:.4f} nats/token, {m['val_bpc']:.4f} bits/token, perplexity {m['val_ppl']:.2f}"
+          + (f"; test_loss {m['test_loss']:.4f}" if "test_loss" in m else "") + f" -> {METRICS / a.corpus / 'eval.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Stage `sample@<corpus>`: text from the trained model -> samples/<corpus>.txt.
+
+    python -m pipeline.sample tinyshakespeare           # settings from params.yaml `sample:`
+
+`sample_text` also serves `python -m flows.sample`, which takes a checkpoint path or a
+registered MLflow model (models:/charlm-<corpus>/<version or alias>).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.atomic import write_text
+from pipeline.config import Params, SampleParams, load_params
+from pipeline.errors import UserError, cli
+from pipeline.evaluate import model_dir
+from pipeline.train import MODELS
+
+SAMPLES = Path("samples")
+
+
+def sample_text(ckpt: Path, sp: SampleParams, argmax: bool = False, device: str = "cpu") -> list[str]:
+    """n samples of sp.length tokens after sp.prime from a checkpoint; errors are UserErrors."""
+    from lightning_modules.checkpoint import load_checkpoint
+    from lightning_modules.sampling import generate
+
+    if not sp.temperature > 0:
+        raise UserError(f"temperature must be > 0, got {sp.temperature}; use --argmax for greedy decoding")
+    try:
+        model, vocab, _ = load_checkpoint(ckpt, map_location=device)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{ckpt}: cannot load the checkpoint ({str(e).splitlines()[0]}); train again or give another path") from None
+    try:
+        return generate(model.to(device), vocab, sp.prime, sp.length, temperature=sp.temperature, top_k=sp.top_k, argmax=argmax, n=sp.n, seed=sp.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def format_samples(texts: list[str]) -> str:
+    if len(texts) == 1:
+        return texts[0] if texts[0].endswith("\n") else texts[0] + "\n"
+    return "".join(f"===== sample {i + 1} =====\n{t}\n" for i, t in enumerate(texts))
+
+
+def sample(corpus: str, params: Params, models_root: Path = MODELS, samples_root: Path = SAMPLES) -> Path:
+    d, run = model_dir(corpus, models_root)
+    text = format_samples(sample_text(d / "best.ckpt", params.sample))
+    out = samples_root / f"{corpus}.txt"
+    write_text(out, text)
+    mlf = run.get("mlflow")
+    if params.tracking.enabled and mlf:
+        from pipeline import tracking
+
+        tracking.log_artifacts(mlf["tracking_uri"], mlf["run_id"], [out])
+    return out
+
+
+@cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("corpus")
+    ap.add_argument("--params", default="params.yaml")
+    a = ap.parse_args(argv)
+    out = sample(a.corpus, load_params(a.params))
+    print(f"{a.corpus}: {out.stat().st_size:,} bytes of samples -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The whole pipeline under real DVC and a real MLflow sqlite store: repro, metrics, plots, params, models."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import PY, dvc, one_line_error, run_module
+from tests.pipeline_project import tiny_project
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    proj, env = tiny_project(tmp_path_factory.mktemp("pipe"))
+    r = dvc(proj, "repro", "sample@tiny", env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return proj, env, r
+
+
+def test_repro_end_to_end_outputs(repro):
+    proj, env, r = repro
+    for stage in ("download", "tokenize", "onehot", "train", "evaluate", "sample"):
+        assert f"Running stage '{stage}@tiny'" in r.stdout
+    ev = json.loads((proj / "metrics/tiny/eval.json").read_text())
+    assert 0 < ev["val_loss"] < 3.0 and ev["val_bpc"] == pytest.approx(ev["val_loss"] / 0.6931471805599453, rel=1e-3)
+    run = json.loads((proj / "models/tiny/run.json").read_text())
+    assert run["steps"] == 30 and run["mlflow"]["registered"] == "charlm-tiny version 1"
+    assert (proj / "samples/tiny.txt").read_text().startswith("ROMEO:")
+    assert (proj / "plots/tiny/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (proj / "plots/tiny/train_loss.csv").read_text().splitlines()
+    assert lines[0] == "step,train_loss" and len(lines) == 1 + 30 // 5
+    st = dvc(proj, "status", env=env)
+    assert "up to date" in st.stdout, st.stdout
+
+
+def test_dvc_metrics_and_plots(repro):
+    proj, env, _ = repro
+    m = dvc(proj, "metrics", "show", env=env)
+    assert m.returncode == 0 and "val_loss" in m.stdout and "metrics/tiny/eval.json" in m.stdout
+    p = dvc(proj, "plots", "show", "-o", str(proj / "dvc_plots"), env=env)
+    assert p.returncode == 0, p.stderr
+    html = (proj / "dvc_plots/index.html").read_text()
+    assert "train_loss" in html and "val_loss" in html
+
+
+def test_mlflow_store_holds_the_run(repro):
+    import mlflow
+
+    proj, env, _ = repro
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("charlm-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["train.cell"] == "lstm" and run.data.params["train.hidden"] == "32"
+    assert len(run.data.params["data.sha256"]) == 64 and int(run.data.params["data.vocab_size"]) > 10
+    assert run.data.tags["sys.device"] == "cpu" and run.data.tags["sys.torch"].startswith("2.")
+    hist = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in hist] == list(range(0, 30, 5)) and hist[-1].value < hist[0].value
+    val = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in val] == [15, 30]
+    assert "eval_val_loss" in run.data.metrics and "val_bpc" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"vocab.json", "loss_curve.png", "tiny.txt", "eval.json", "train_loss.csv"} <= arts
+    mv = client.get_model_version("charlm-tiny", "1")
+    assert mv.run_id == run.info.run_id
+
+
+def test_sample_from_registered_model_and_checkpoint(repro):
+    proj, env, _ = repro
+    for model in ("models:/charlm-tiny/latest", "models/tiny/best.ckpt"):
+        p = run_module("flows.sample", "--model", model, "--prime", "JULIET:", "--length", "60", "--seed", "3", cwd=proj, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert p.stdout.startswith("JULIET:") and len(p.stdout) >= 60
+    e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--temperature", "0", cwd=proj, env=env))
+    assert "temperature must be > 0" in e
+    e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--prime", "Zebra#", cwd=proj, env=env))
+    assert "missing from the vocabulary" in e and "'#'" in e
+    e = one_line_error(run_module("flows.sample", "--model", "models:/charlm-nosuch/1", cwd=proj, env=env))
+    assert "charlm-nosuch" in e
+
+
+def test_param_change_reruns_exactly_what_depends_on_it(repro):
+    proj, env, _ = repro
+    text = (proj / "params.yaml").read_text().replace("temperature: 0.8", "temperature: 0.5")
+    (proj / "params.yaml").write_text(text)
+    r = dvc(proj, "repro", "sample@tiny", env=env)
+    assert r.returncode == 0, r.stderr
+    ran = [l for l in r.stdout.splitlines() if l.startswith("Running stage")]
+    assert ran == ["Running stage 'sample@tiny':"], ran
+
+
+def test_dvc_exp_run_with_a_cell_override(repro):
+    proj, env, _ = repro
+    subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], cwd=proj, check=True)
+    r = dvc(proj, "exp", "run", "-S", "train.cell=gru", "-S", "train.max_steps=15", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    show = dvc(proj, "exp", "show", "--no-pager", "--csv", env=env)
+    assert "gru" in show.stdout and "val_loss" in show.stdout
+
+
+def test_bad_params_are_one_line_errors(tmp_path):
+    proj, env = tiny_project(tmp_path)
+    params = (proj / "params.yaml").read_text()
+    cases = {
+        "cell: lstm": ("cell: lstmx", "train.cell: must be one of"),
+        "hidden: 32": ("hidden: -3", "train.hidden: must be > 0, got -3"),
+        "seq_len: 32": ("seq_len: 32\n  seqlen: 3", "train.seqlen: unknown key"),
+        "preset: cpu": ("preset: tpu", "preset: unknown preset 'tpu'"),
+    }
+    for old, (new, expect) in cases.items():
+        assert old in params, old
+        (proj / "params.yaml").write_text(params.replace(old, new, 1))
+        assert expect in one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=env))
+    (proj / "params.yaml").write_text(params)
+    assert "dvc repro onehot@tiny" in one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=env))
+    assert "train first" in one_line_error(run_module("pipeline.sample", "tiny", cwd=proj, env=env))
+    assert "--set" in one_line_error(run_module("pipeline.train", "tiny", "--set", "nonsense", cwd=proj, env=env))
