@@ -7,8 +7,16 @@ import torch
 from lightning_modules.cells import CELLS, LSTM_VARIANTS, GRUCell, LSTMCell, make_cell
 from lightning_modules.recurrent import RecurrentStack, to_equation, to_fused
 
-torch.set_default_dtype(torch.float64)
 B, T, I, H, L = 3, 7, 5, 4, 2
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These tests compare to 1e-10: float64 throughout, restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def rel(a, b):

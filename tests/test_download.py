@@ -16,6 +16,7 @@ from tests.conftest import ROOT, one_line_error, run_module
 def write_params(dir: Path, corpora: dict, **sections) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["corpora"] = corpora
+    p["lm_corpora"] = []
     p["data"]["retries"] = 3
     for k, v in sections.items():
         p[k].update(v)

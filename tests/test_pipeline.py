@@ -14,7 +14,7 @@ from tests.pipeline_project import tiny_project
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
     proj, env = tiny_project(tmp_path_factory.mktemp("pipe"))
-    r = dvc(proj, "repro", "sample@tiny", env=env)
+    r = dvc(proj, "repro", "evaluate@tiny", "sample@tiny", env=env)  # what `make run` runs
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return proj, env, r
 
