@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -67,30 +66,29 @@ def plain_loop(data, V, H, L, B, T, steps, warm, device, bf16):
 
 
 class StepTimer(Callback):
-    def __init__(self, warm, device):
-        self.warm, self.device, self.t0, self.t1, self.n = warm, device, None, None, 0
+    """Times the training steps warm+1 .. warm+steps (the final validation stays outside)."""
+
+    def __init__(self, warm, steps, device):
+        self.warm, self.steps, self.device, self.t0, self.t1 = warm, steps, device, None, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.warm:
+        if trainer.global_step in (self.warm, self.warm + self.steps):
             sync(self.device)
-            self.t0 = time.perf_counter()
-        elif trainer.global_step > self.warm:
-            self.n = trainer.global_step - self.warm
-
-    def on_train_end(self, trainer, pl_module):
-        sync(self.device)
-        self.t1 = time.perf_counter()
+            if trainer.global_step == self.warm:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
 
 
 def project_loop(data_dir, H, L, B, T, steps, warm, device, bf16):
-    timer = StepTimer(warm, device)
+    timer = StepTimer(warm, steps, device)
     cfg = dict(
         hidden=H, layers=L, dropout=0.0, batch_size=B, seq_len=T, max_steps=warm + steps, val_every=10**9,
         progress_every=0, accelerator="gpu" if device == "cuda" else "cpu", precision="bf16-mixed" if bf16 else "32-true",
         warmup_steps=0, log_every=50,
     )
     fit(cfg, data_dir, None, callbacks=[timer])
-    return B * T * timer.n / (timer.t1 - timer.t0)
+    return B * T * steps / (timer.t1 - timer.t0)
 
 
 def cell_throughput(cell, fused, H, B, T, reps, device):
