@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, pip, gcc):
-#   make run    venv + pinned install + the main job (dvc repro on Tiny Shakespeare)
+#   make run    venv + pinned install + the main job: `dvc repro dvc.yaml` (the data stages of every
+#               corpus, then train -> evaluate -> sample on the lm_corpora: Tiny Shakespeare)
 #   make test   venv + pinned install + the test suite
 # Offline: CORPUS_MIRROR=<folder with the corpus files> make run
 VENV ?= .venv
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 run: setup
-	dvc repro evaluate@$(CORPUS) sample@$(CORPUS)
+	dvc repro dvc.yaml
 	@echo; echo "== metrics"; dvc metrics show
 	@echo; echo "== sample (samples/$(CORPUS).txt)"; head -c 1200 samples/$(CORPUS).txt; echo
 	@echo; echo "Review the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1  (then open http://127.0.0.1:5000)"

@@ -3,10 +3,12 @@
 `CurveRecorder` is a Lightning callback: on global rank 0 it appends train_loss every
 `log_every` steps and val_loss at every validation, and rewrites the CSVs atomically at
 each validation and at the end (a run that dies keeps the curves up to its last
-validation).
+validation). val_loss.csv also has wall_s (seconds since training started) and train_s
+(the same without the time spent validating), for quality-per-second figures.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -18,8 +20,16 @@ class CurveRecorder(Callback):
     def __init__(self, out_dir: str | Path, log_every: int):
         self.out_dir, self.log_every = Path(out_dir), log_every
         self.train: list[tuple[int, float]] = []
-        self.val: list[tuple[int, float, float]] = []
+        self.val: list[tuple[int, float, float, float, float]] = []
         self._pending = []
+        self.t0 = None
+        self.in_val = 0.0  # seconds spent validating, kept out of train_s
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        self._v0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step - 1  # the step just taken
@@ -33,8 +43,11 @@ class CurveRecorder(Callback):
 
     def on_validation_end(self, trainer, pl_module):
         m = trainer.callback_metrics
+        now = time.perf_counter()
+        self.in_val += now - getattr(self, "_v0", now)
         if trainer.is_global_zero and "val_loss" in m and not trainer.sanity_checking:
-            self.val.append((trainer.global_step, float(m["val_loss"]), float(m["val_bpc"])))
+            wall = now - (self.t0 or now)
+            self.val.append((trainer.global_step, float(m["val_loss"]), float(m["val_bpc"]), wall, wall - self.in_val))
             self.write()
 
     def on_train_end(self, trainer, pl_module):
@@ -45,7 +58,8 @@ class CurveRecorder(Callback):
         self._drain()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "train_loss.csv", "step,train_loss\n" + "".join(f"{s},{v:.5f}\n" for s, v in self.train))
-        write_text(self.out_dir / "val_loss.csv", "step,val_loss,val_bpc\n" + "".join(f"{s},{v:.5f},{b:.5f}\n" for s, v, b in self.val))
+        write_text(self.out_dir / "val_loss.csv", "step,val_loss,val_bpc,wall_s,train_s\n"
+                   + "".join(f"{s},{v:.5f},{b:.5f},{w:.2f},{t:.2f}\n" for s, v, b, w, t in self.val))
 
 
 def read_curve(path: Path) -> tuple[list[int], list[float]]:

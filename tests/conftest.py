@@ -112,7 +112,8 @@ def make_project(dest: Path) -> Path:
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            # the studies' own pipeline (studies/dvc.yaml) stays out: these projects test the main one
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "dvc.yaml", "dvc.lock"))
         elif src.exists():
             shutil.copy(src, dest / name)
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")

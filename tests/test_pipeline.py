@@ -96,7 +96,7 @@ def test_dvc_exp_run_with_a_cell_override(repro):
     proj, env, _ = repro
     subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], cwd=proj, check=True)
-    r = dvc(proj, "exp", "run", "-S", "train.cell=gru", "-S", "train.max_steps=15", env=env)
+    r = dvc(proj, "exp", "run", "-S", "train.cell=gru", "-S", "train.max_steps=15", env=env)  # as in the README
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     show = dvc(proj, "exp", "show", "--no-pager", "--csv", env=env)
     assert "gru" in show.stdout and "val_loss" in show.stdout

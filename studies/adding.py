@@ -1,0 +1,98 @@
+"""The adding problem (Hochreiter & Schmidhuber 1997, experiment 4) and a regressor for it.
+
+Each sequence has a random length L in [T, T + T/10]. Step t carries two numbers: a value
+X_t ~ U(-1, 1) and a marker. Exactly two steps in the first half are marked (1.0); the
+target, read at the last step, is 0.5 + (X_a + X_b) / 4. The sequence is "solved" when the
+absolute error is below 0.04. A network must carry two numbers over up to T steps while
+ignoring everything else: a direct test of long-term memory and of vanishing gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lightning_modules.cells import FUSED
+from lightning_modules.recurrent import RecurrentStack
+
+SOLVED = 0.04
+
+
+def adding_batch(batch: int, T: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (batch, L, 2), y (batch,), with one length L in [T, T + T/10] for the whole batch."""
+    L = T + int(torch.randint(0, T // 10 + 1, (1,), generator=generator))
+    values = torch.rand(batch, L, generator=generator) * 2 - 1
+    marks = torch.zeros(batch, L)
+    half = max(2, L // 2)
+    a = torch.randint(0, half, (batch,), generator=generator)
+    b = (a + 1 + torch.randint(0, half - 1, (batch,), generator=generator)) % half  # b != a
+    rows = torch.arange(batch)
+    marks[rows, a] = 1.0
+    marks[rows, b] = 1.0
+    y = 0.5 + (values[rows, a] + values[rows, b]) / 4
+    return torch.stack([values, marks], -1), y
+
+
+class Regressor(nn.Module):
+    """Recurrent layer(s) -> linear read-out of the last step."""
+
+    def __init__(self, cell: str, hidden: int, layers: int = 1):
+        super().__init__()
+        self.rnn = RecurrentStack(cell, 2, hidden, layers, fused=cell in FUSED)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.out(y[:, -1]).squeeze(-1)
+
+
+def n_params(cell: str, hidden: int) -> int:
+    return sum(p.numel() for p in Regressor(cell, hidden).parameters())
+
+
+def hidden_for(cell: str, budget: int) -> int:
+    """The hidden size whose parameter count comes closest to `budget` (same-size comparison)."""
+    return min(range(2, 1024), key=lambda h: abs(n_params(cell, h) - budget))
+
+
+def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: float, seed: int, clip: float = 1.0):
+    torch.manual_seed(seed)
+    model = Regressor(cell, hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))) * 0.9 + 0.1)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        x, y = adding_batch(batch, T, g)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+    return model
+
+
+@torch.no_grad()
+def test_adding(model: Regressor, T: int, n: int = 2000, seed: int = 12345) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    errs = []
+    for _ in range(max(1, n // 500)):
+        x, y = adding_batch(500, T, g)
+        errs.append(model(x) - y)
+    e = torch.cat(errs)
+    return {"test_mse": float((e**2).mean()), "accuracy": float((e.abs() < SOLVED).float().mean())}
+
+
+def gradient_by_lag(model: Regressor, T: int, batches: int = 4, batch: int = 64, seed: int = 99) -> torch.Tensor:
+    """Mean over sequences of ||dL_T / dx_t|| for t = 0..T-1, L_T the squared error at the last step."""
+    g = torch.Generator().manual_seed(seed)
+    total = torch.zeros(T)
+    for _ in range(batches):
+        x, _ = adding_batch(batch, T, g)  # length in [T, 1.1 T], both marks in the first half ...
+        x = x[:, :T].clone().requires_grad_(True)  # ... cut to exactly T steps
+        y = 0.5 + (x[:, :, 0] * x[:, :, 1]).sum(1).detach() / 4
+        loss = ((model(x) - y) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        total += grad.norm(dim=-1).mean(0)
+    return total / batches

@@ -1,0 +1,75 @@
+"""What every study shares: its params section, report files (CSV + Markdown tables made
+with pandas, PNG plots, all written atomically) and its own MLflow experiment."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.config import Params, build
+
+REPORTS = Path("reports")
+
+
+def study_params(params: Params, name: str, cls):
+    """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`."""
+    studies = params.raw.get("studies") or {}
+    raw = dict(studies.get(name) or {})
+    preset = studies.get("preset", "default")
+    if preset != "default":
+        over = ((studies.get("presets") or {}).get(preset) or {}).get(name) or {}
+        raw.update(over)
+    return build(cls, raw, f"studies.{name}")
+
+
+def write_table(df: pd.DataFrame, out_dir: Path, name: str, floatfmt: str = ".4g") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    write_text(out_dir / f"{name}.md", df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    return out_dir / f"{name}.md"
+
+
+def save_png(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def log_study(params: Params, study: str, run_name: str, cfg, metrics: dict, files: list[Path], tags: dict | None = None) -> str | None:
+    """One MLflow run in experiment `study-<study>` with params, metrics and report files."""
+    if not params.tracking.enabled:
+        return None
+    from pipeline import tracking
+
+    uri = tracking.tracking_uri(params)
+    flat = tracking.flatten(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg))
+    run_id = tracking.start_run(uri, f"study-{study}", run_name, flat, {"study": study, **(tags or {}), **tracking.system_facts()})
+    tracking.log_artifacts(uri, run_id, files, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tracking.end_run(uri, run_id)
+    return run_id
+
+
+def write_result(out_dir: Path, result: dict) -> Path:
+    write_json(out_dir / "result.json", result)
+    return out_dir / "result.json"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

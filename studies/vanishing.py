@@ -1,0 +1,134 @@
+"""Study `vanishing` (slide 5): gradients vanish in plain RNNs; LSTM and GRU keep them.
+
+    python -m studies.vanishing      # -> reports/vanishing/{adding.csv,.md, adding.png, gradient_lag.csv, gradient_lag.png}
+
+1. The adding problem at T = 20, 50, 100 (and more in the `full` preset) for a plain RNN,
+   an LSTM and a GRU with the same number of parameters and the same budget: final test
+   MSE and the share of test sequences solved (|error| < 0.04). A constant guess of 0.5
+   has MSE 1/24 = 0.042 and solves about 14%.
+2. How much the loss at the last step depends on each earlier input: the norm of
+   dL_T/dx_t against the lag T - t, averaged over sequences, for each cell at
+   initialisation and after training on the adding problem at the longest T; log scale.
+
+The table reports what the runs give, whatever it is.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import load_params
+from pipeline.errors import UserError, cli
+from studies.adding import Regressor, gradient_by_lag, hidden_for, n_params, test_adding, train_adding
+from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
+
+
+@dataclass(frozen=True)
+class VanishingParams:
+    cells: tuple[str, ...] = ("rnn", "lstm", "gru")
+    lengths: tuple[int, ...] = (20, 50, 100)
+    lstm_hidden: int = 32  # the LSTM's size; the others get the same parameter count
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    test_sequences: int = 2000
+
+    def validate(self, path: str) -> None:
+        from lightning_modules.names import CELLS
+
+        bad = [c for c in self.cells if c not in CELLS]
+        if bad:
+            raise UserError(f"params.yaml: {path}.cells: unknown {bad}; choose from {', '.join(CELLS)}")
+        if any(T < 4 for T in self.lengths):
+            raise UserError(f"params.yaml: {path}.lengths: every T must be >= 4, got {list(self.lengths)}")
+
+
+def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
+    hp = study_params(params, "vanishing", VanishingParams)
+    budget = n_params("lstm", hp.lstm_hidden)
+    rows, models = [], {}
+    for T in hp.lengths:
+        for cell in hp.cells:
+            H = hidden_for(cell, budget)
+            t = time.perf_counter()
+            model = train_adding(cell, H, T, hp.steps, hp.batch, hp.lr, hp.seed)
+            secs = time.perf_counter() - t
+            m = test_adding(model, T, hp.test_sequences)
+            rows.append({"T": T, "cell": cell, "hidden": H, "params": n_params(cell, H), "steps": hp.steps, **m,
+                         "solved (acc > 0.95)": m["accuracy"] > 0.95, "train_s": round(secs, 1)})
+            models[(cell, T)] = model
+            print(f"adding T={T:4d} {cell:5s} H={H:3d}: test MSE {m['test_mse']:.5f}, accuracy {m['accuracy']:.3f} ({secs:.0f} s)", flush=True)
+            log_study(params, "vanishing", f"adding-{cell}-T{T}", {"cell": cell, "T": T, "hidden": H, **vars(hp)}, m, [])
+    table = pd.DataFrame(rows)
+    write_table(table, out_dir, "adding")
+
+    # gradient norm against lag, at the longest T: initial vs trained weights
+    T = max(hp.lengths)
+    grad_rows = []
+    for cell in hp.cells:
+        H = hidden_for(cell, budget)
+        import torch
+
+        torch.manual_seed(hp.seed)
+        for state, model in (("init", Regressor(cell, H)), ("trained", models[(cell, T)])):
+            g = gradient_by_lag(model, T)
+            for t in range(T):
+                grad_rows.append({"cell": cell, "weights": state, "lag": T - 1 - t, "grad_norm": float(g[t])})
+    grads = pd.DataFrame(grad_rows)
+    write_table(grads, out_dir, "gradient_lag", floatfmt=".3e")
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
+    for (cell, state), d in grads.groupby(["cell", "weights"]):
+        ax.semilogy(d["lag"], d["grad_norm"].clip(lower=1e-30), "--" if state == "init" else "-", color=colors.get(cell), label=f"{cell} ({state})")
+    ax.set_xlabel("lag T - t (steps between input x_t and the loss at T)")
+    ax.set_ylabel("mean ||dL_T / dx_t||")
+    ax.set_title(f"How far back the gradient reaches (adding problem, T = {T})")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_png(fig, out_dir / "gradient_lag.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for cell, d in table.groupby("cell"):
+        ax.plot(d["T"], d["accuracy"], "o-", color=colors.get(cell), label=cell)
+    ax.axhline(0.14, color="gray", ls=":", lw=1, label="constant 0.5")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("test sequences solved (|err| < 0.04)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Adding problem, equal parameters and budget")
+    ax.legend()
+    save_png(fig, out_dir / "adding.png")
+
+    # the gradient that reaches the far end (mean over the last 10% of lags), trained weights
+    far = grads[(grads.weights == "trained") & (grads.lag >= int(0.9 * T))].groupby("cell")["grad_norm"].mean()
+    near = grads[(grads.weights == "trained") & (grads.lag < max(1, T // 10))].groupby("cell")["grad_norm"].mean()
+    result = {
+        "adding": rows,
+        "far_to_near_gradient_ratio": {c: float(far[c] / near[c]) for c in far.index},
+        "T_gradient": T,
+        "params_budget": budget,
+    }
+    res = write_result(out_dir, result)
+    log_study(params, "vanishing", "report", hp, {f"far_near_ratio_{c}": v for c, v in result["far_to_near_gradient_ratio"].items()},
+              [out_dir / "adding.md", out_dir / "adding.csv", out_dir / "gradient_lag.csv", out_dir / "gradient_lag.png", out_dir / "adding.png", res])
+    return result
+
+
+@cli
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    a = ap.parse_args(argv)
+    r = run(load_params(a.params))
+    print((REPORTS / "vanishing" / "adding.md").read_text())
+    print("far/near gradient ratio after training:", {k: f"{v:.2e}" for k, v in r["far_to_near_gradient_ratio"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The lecture's studies on tiny sizes: "hello" exactly, vanishing gradients, BPTT vs TBPTT, variants, review."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import load_params
+from tests.conftest import ROOT, SHARED_CORPORA, one_line_error, run_module
+from tests.lmdata import make_corpus
+
+
+def params_for(tmp_path: Path, **overrides):
+    o = {"tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    o.update(overrides)
+    return load_params(ROOT / "params.yaml", o)
+
+
+def test_hello_spells_hello_with_three_neurons(tmp_path):
+    from studies import hello
+
+    r = hello.run(params_for(tmp_path), tmp_path / "hello")
+    assert r["spelled"] == "hello" and r["correct"] and r["hidden_units"] == 3
+    t = pd.read_csv(tmp_path / "hello/probabilities.csv")
+    assert list(t["input"]) == ["h", "e", "l", "l"] and list(t["output"]) == ["e", "l", "l", "o"]
+    probs = t[["P(h)", "P(e)", "P(l)", "P(o)"]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    # deterministic for a seed
+    assert hello.run(params_for(tmp_path), tmp_path / "again")["final_loss"] == r["final_loss"]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("study-hello").experiment_id])
+    assert runs and runs[0].data.metrics["correct"] == 1.0
+
+
+def test_vanishing_tiny(tmp_path):
+    from studies import vanishing
+
+    p = params_for(tmp_path, **{"studies.vanishing.lengths": [8, 12], "studies.vanishing.steps": 20, "studies.vanishing.test_sequences": 500})
+    r = vanishing.run(p, tmp_path / "v")
+    t = pd.read_csv(tmp_path / "v/adding.csv")
+    assert len(t) == 6 and set(t.cell) == {"rnn", "lstm", "gru"}
+    assert t.params.max() / t.params.min() < 1.15  # the same parameter count, give or take a unit
+    assert ((t.accuracy >= 0) & (t.accuracy <= 1)).all() and (t.test_mse > 0).all()
+    g = pd.read_csv(tmp_path / "v/gradient_lag.csv")
+    assert len(g) == 3 * 2 * 12 and (g.grad_norm >= 0).all()
+    assert set(r["far_to_near_gradient_ratio"]) == {"rnn", "lstm", "gru"}
+    assert (tmp_path / "v/gradient_lag.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adding_problem_data():
+    import torch
+
+    from studies.adding import adding_batch
+
+    x, y = adding_batch(100, 50, torch.Generator().manual_seed(0))
+    assert 50 <= x.shape[1] <= 55 and (x[:, :, 1].sum(1) == 2).all()
+    first_half = x[:, : x.shape[1] // 2, 1].sum(1)
+    assert (first_half == 2).all()
+    assert torch.allclose(y, 0.5 + (x[:, :, 0] * x[:, :, 1]).sum(1) / 4)
+
+
+def test_bptt_study_tiny(tmp_path):
+    from studies import bptt
+
+    data = make_corpus(tmp_path / "onehot/toy")
+    p = params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.hidden": 16, "studies.bptt.layers": 1,
+                                "studies.bptt.budget_chars": 6000, "studies.bptt.full_len": 32, "studies.bptt.batch_size": 8,
+                                "studies.bptt.k1_eq_k2": [8, 16], "studies.bptt.k1_lt_k2": ["8:16"]})
+    bptt.run(p, tmp_path / "b", data_root=tmp_path / "onehot")
+    t = pd.read_csv(tmp_path / "b/tradeoff.csv")
+    assert list(t.regime) == ["full BPTT (T=32)", "TBPTT(8,8)", "TBPTT(16,16)", "TBPTT(8,16)"]
+    assert (t.train_chars <= 6000).all() and t.val_loss.between(0, math.log(40)).all()
+    bad = params_for(tmp_path, **{"studies.bptt.k1_lt_k2": ["64:32"]})
+    with pytest.raises(Exception, match="0 < K1 <= K2"):
+        bptt.run(bad, tmp_path / "b2", data_root=tmp_path / "onehot")
+
+
+@pytest.fixture
+def jsb_dir(tmp_path):
+    """The real JSB split from the mirror when present, else a small synthetic piano roll."""
+    from pipeline.pianoroll import pianoroll
+
+    src = SHARED_CORPORA / "jsb-chorales-quarter.json"
+    d = tmp_path / "onehot/jsb_chorales"
+    d.mkdir(parents=True)
+    if src.is_file():
+        obj = json.loads(src.read_text())
+        obj = {k: v[:12] for k, v in obj.items()}  # a few chorales per split: a smoke test
+    else:
+        rng = np.random.default_rng(0)
+        obj = {k: [[sorted(rng.choice(range(50, 70), 3, replace=False).tolist()) for _ in range(20)] for _ in range(6)] for k in ("train", "valid", "test")}
+    (tmp_path / "jsb.json").write_text(json.dumps(obj))
+    meta = pianoroll(tmp_path / "jsb.json", d)
+    (d / "meta.json").write_text(json.dumps(meta))
+    return tmp_path / "onehot"
+
+
+def test_variants_study_tiny(tmp_path, jsb_dir):
+    from studies import variants
+
+    make_corpus(jsb_dir / "toy")
+    p = params_for(tmp_path, **{"studies.variants.variants": ["V", "NFG", "GRU"], "studies.variants.trials": 2,
+                                "studies.variants.jsb_max_epochs": 2, "studies.variants.jsb_patience": 2,
+                                "studies.variants.text_corpus": "toy", "studies.variants.text_budget_chars": 4096,
+                                "studies.variants.text_batch": 8, "studies.variants.text_seq_len": 32, "studies.variants.workers": 2})
+    r = variants.run(p, tmp_path / "var", data_root=jsb_dir)
+    for task in ("jsb", "text"):
+        s = pd.read_csv(tmp_path / f"var/summary_{task}.csv")
+        assert list(s.variant) == ["V", "NFG", "GRU"] and (s.trials == 2).all()
+        assert np.isnan(s.p_value[0]) and s.p_value[1:].between(0, 1).all()
+        trials = pd.read_csv(tmp_path / f"var/trials_{task}.csv")
+        assert len(trials) == 6  # read back from MLflow: this invocation's runs only
+    assert "Significantly worse than V" in r["reading"][0]
+    # paired draws: the same (lr, hidden) sequence for every variant
+    t = pd.read_csv(tmp_path / "var/trials_jsb.csv")
+    assert t.groupby("variant")[["lr", "hidden"]].apply(lambda d: tuple(sorted(map(tuple, d.to_numpy())))).nunique() == 1
+    assert (tmp_path / "var/boxplots.png").read_bytes()[:4] == b"\x89PNG"
+    # and the review page renders from reports like these
+    from studies import review
+    from studies.hello import run as hello_run
+    from studies.vanishing import run as van_run
+    from studies.bptt import run as bptt_run
+
+    rep = tmp_path / "reports"
+    (tmp_path / "var").rename(rep / "variants") if rep.exists() else (rep.mkdir(), (tmp_path / "var").rename(rep / "variants"))
+    hello_run(p, rep / "hello")
+    van_run(params_for(tmp_path, **{"studies.vanishing.lengths": [6], "studies.vanishing.steps": 5, "studies.vanishing.test_sequences": 500}), rep / "vanishing")
+    bptt_run(params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.hidden": 8, "studies.bptt.layers": 1,
+                                     "studies.bptt.budget_chars": 2000, "studies.bptt.full_len": 16, "studies.bptt.batch_size": 4,
+                                     "studies.bptt.k1_eq_k2": [8], "studies.bptt.k1_lt_k2": []}), rep / "bptt", data_root=jsb_dir)
+    page = review.render(rep)
+    assert "## 1. Why are plain recurrent networks ineffective?" in page and "| variant" in page and "hello" in page
+
+
+def test_study_params_are_validated(tmp_path):
+    assert "studies.variants.variants: unknown" in one_line_error(
+        run_module("studies.variants", "--params", str(_params_file(tmp_path, "variants", {"variants": ["V", "XYZ"]}))))
+    assert "studies.vanishing.cells: unknown" in one_line_error(
+        run_module("studies.vanishing", "--params", str(_params_file(tmp_path, "vanishing", {"cells": ["lstmm"]}))))
+    assert "studies.hello.speed: unknown key" in one_line_error(
+        run_module("studies.hello", "--params", str(_params_file(tmp_path, "hello", {"speed": 1}))))
+
+
+def _params_file(tmp_path, study, values):
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["studies"][study].update(values)
+    p["tracking"]["enabled"] = False
+    f = tmp_path / f"params-{study}.yaml"
+    f.write_text(yaml.safe_dump(p))
+    return f
