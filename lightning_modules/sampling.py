@@ -3,6 +3,12 @@
 The priming text is run through the network once (one call over all its tokens); every
 new token is then one recurrent step from the carried state: the prefix is never run
 again. `n` samples run as a batch of n streams.
+
+For the fused cells (rnn, lstm, gru) each step runs `FastStep`: the cell equations on
+the fused weights, with the first layer's input projection looked up in a precomputed
+(vocab x gates) table (W_ih . E[x] + b for every token x). On a CPU a one-token call of
+torch.nn.LSTM costs far more than its arithmetic (the oneDNN kernel prepares its weights
+on every call), so this is several times faster (bench/sample_speed.py).
 """
 from __future__ import annotations
 
@@ -17,7 +23,50 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}; use argmax for greedy decoding")
 
 
-@torch.no_grad()
+FAST_MAX_STREAMS = 32  # above this the fused kernel's batching wins (bench/sample_speed.py)
+
+
+class FastStep:
+    """One recurrent step of a fused RNN/LSTM/GRU stack, for token ids, from plain tensors."""
+
+    def __init__(self, model: CharRNN):
+        rnn = model.rnn.rnn
+        self.kind, self.L = model.rnn.cell, rnn.num_layers
+        p = {n: t.detach() for n, t in rnn.named_parameters()}
+        self.w_ih = [p[f"weight_ih_l{k}"].t() for k in range(self.L)]
+        self.w_hh = [p[f"weight_hh_l{k}"].t() for k in range(self.L)]
+        self.b_ih = [p[f"bias_ih_l{k}"] for k in range(self.L)]
+        self.b_hh = [p[f"bias_hh_l{k}"] for k in range(self.L)]
+        emb = model.encoder.weight.detach()  # (V, E): Embedding and OneHotInput alike
+        self.table = torch.addmm(self.b_ih[0], emb, self.w_ih[0])  # (V, G*H): layer 1's input part
+        self.head_w, self.head_b = model.head.weight.detach().t(), model.head.bias.detach()
+
+    def __call__(self, ids: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """ids (B,) -> logits (B, V), new state (tuple of (L, B, H))."""
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if self.kind == "lstm" else None
+        x = None
+        for k in range(self.L):
+            gi = self.table.index_select(0, ids) if k == 0 else torch.addmm(self.b_ih[k], x, self.w_ih[k])
+            gh = torch.addmm(self.b_hh[k], hs[k], self.w_hh[k])
+            if self.kind == "lstm":  # rows i, f, g (C~), o
+                i, f, g, o = (gi + gh).chunk(4, 1)
+                cs[k] = torch.sigmoid(f) * cs[k] + torch.sigmoid(i) * torch.tanh(g)
+                hs[k] = torch.sigmoid(o) * torch.tanh(cs[k])
+            elif self.kind == "gru":  # rows r, z, n (torch's z)
+                ir, iz, i_n = gi.chunk(3, 1)
+                hr, hz, hn = gh.chunk(3, 1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                hs[k] = (1 - z) * torch.tanh(i_n + r * hn) + z * hs[k]
+            else:
+                hs[k] = torch.tanh(gi + gh)
+            x = hs[k]
+        logits = torch.addmm(self.head_b, x, self.head_w)
+        new = (torch.stack(hs), torch.stack(cs)) if cs is not None else (torch.stack(hs),)
+        return logits, new
+
+
+@torch.inference_mode()
 def sample_ids(
     model: CharRNN,
     prime: list[int],
@@ -27,8 +76,11 @@ def sample_ids(
     argmax: bool = False,
     n: int = 1,
     seed: int | None = None,
+    fast: bool = True,
 ) -> torch.Tensor:
-    """(n, length) new token ids following `prime` (a non-empty list of ids)."""
+    """(n, length) new token ids following `prime` (a non-empty list of ids).
+
+    fast=False runs every step through the model's own forward (the reference path)."""
     check_temperature(temperature)
     if not prime:
         raise ValueError("the prime must hold at least one token")
@@ -42,6 +94,13 @@ def sample_ids(
     x = torch.tensor(prime, device=device).repeat(n, 1)
     logits, state = model(x)
     last = logits[:, -1].float()
+    if fast and n <= FAST_MAX_STREAMS and model.rnn.fused and next(model.parameters()).dtype == torch.float32:
+        step = FastStep(model)
+        state = tuple(s.float() for s in state)
+    else:
+        def step(ids, st):
+            lg, st = model(ids[:, None], st)
+            return lg[:, 0], st
     out = torch.empty(n, length, dtype=torch.long, device=device)
     for t in range(length):
         if argmax:
@@ -53,8 +112,8 @@ def sample_ids(
                 scores = scores.masked_fill(scores < kth, float("-inf"))
             nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=g).squeeze(1)
         out[:, t] = nxt
-        logits, state = model(nxt[:, None], state)
-        last = logits[:, 0].float()
+        logits, state = step(nxt, state)
+        last = logits.float()
     model.train(was_training)
     return out
 

@@ -15,7 +15,11 @@ The table reports what the runs give, whatever it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +36,12 @@ class VanishingParams:
     cells: tuple[str, ...] = ("rnn", "lstm", "gru")
     lengths: tuple[int, ...] = (20, 50, 100)
     lstm_hidden: int = 32  # the LSTM's size; the others get the same parameter count
-    steps: int = 1500
+    steps: int = 6000
     batch: int = 64
     lr: float = 3e-3
     seed: int = 0
     test_sequences: int = 2000
+    workers: int = 0  # parallel trainings; 0: one per CPU core
 
     def validate(self, path: str) -> None:
         from lightning_modules.names import CELLS
@@ -48,17 +53,33 @@ class VanishingParams:
             raise UserError(f"params.yaml: {path}.lengths: every T must be >= 4, got {list(self.lengths)}")
 
 
+def _train_one(cell: str, H: int, T: int, hp: VanishingParams):
+    """One adding-problem training in a worker process (one CPU thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    model = train_adding(cell, H, T, hp.steps, hp.batch, hp.lr, hp.seed)
+    secs = time.perf_counter() - t
+    result = test_adding(model, T, hp.test_sequences), secs, model.state_dict()
+    torch.set_num_threads(threads)
+    return result
+
+
 def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     hp = study_params(params, "vanishing", VanishingParams)
     budget = n_params("lstm", hp.lstm_hidden)
+    jobs = [(cell, hidden_for(cell, budget), T) for T in hp.lengths for cell in hp.cells]
     rows, models = [], {}
-    for T in hp.lengths:
-        for cell in hp.cells:
-            H = hidden_for(cell, budget)
-            t = time.perf_counter()
-            model = train_adding(cell, H, T, hp.steps, hp.batch, hp.lr, hp.seed)
-            secs = time.perf_counter() - t
-            m = test_adding(model, T, hp.test_sequences)
+    workers = min(hp.workers or os.cpu_count() or 1, len(jobs))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    with pool or contextlib.nullcontext():
+        results = [pool.submit(_train_one, c, H, T, hp) for c, H, T in jobs] if pool else [_train_one(c, H, T, hp) for c, H, T in jobs]
+        for (cell, H, T), res in zip(jobs, results):
+            m, secs, state = res.result() if pool else res
+            model = Regressor(cell, H)
+            model.load_state_dict(state)
             rows.append({"T": T, "cell": cell, "hidden": H, "params": n_params(cell, H), "steps": hp.steps, **m,
                          "solved (acc > 0.95)": m["accuracy"] > 0.95, "train_s": round(secs, 1)})
             models[(cell, T)] = model

@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests choose their own MLflow stores and Prefect homes: never the project's (which the
+# Makefile exports for `make run`).
+for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "CORPUS_MIRROR"):
+    os.environ.pop(_var, None)
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 PY = sys.executable
 

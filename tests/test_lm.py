@@ -132,3 +132,21 @@ def test_gpu_checkpoint_samples_on_cpu(corpus, tmp_path):
     model, vocab, _ = load_checkpoint(tmp_path / "g/best.ckpt", map_location="cpu")
     assert next(model.parameters()).device.type == "cpu"
     assert len(generate(model, vocab, "ROMEO:", 20, seed=0)[0]) == 26
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_fast_sampling_step_equals_the_model(cell):
+    from lightning_modules.sampling import FastStep
+
+    torch.manual_seed(0)
+    for inp in ("embedding", "onehot"):
+        m = CharRNN(30, cell, hidden=24, layers=3, input=inp).eval()
+        x = torch.randint(0, 30, (5, 12))
+        ref, _ = m(x)
+        step, state = FastStep(m), m.rnn.init_state(5)
+        for t in range(12):
+            logits, state = step(x[:, t], state)
+            assert torch.allclose(logits, ref[:, t], atol=1e-5), (cell, inp, t)
+        fast = sample_ids(m, [1, 2, 3], 40, argmax=True, n=2)
+        slow = sample_ids(m, [1, 2, 3], 40, argmax=True, n=2, fast=False)
+        assert torch.equal(fast, slow)

@@ -41,7 +41,8 @@ def test_hello_spells_hello_with_three_neurons(tmp_path):
 def test_vanishing_tiny(tmp_path):
     from studies import vanishing
 
-    p = params_for(tmp_path, **{"studies.vanishing.lengths": [8, 12], "studies.vanishing.steps": 20, "studies.vanishing.test_sequences": 500})
+    p = params_for(tmp_path, **{"studies.vanishing.lengths": [8, 12], "studies.vanishing.steps": 20, "studies.vanishing.test_sequences": 500,
+                               "studies.vanishing.workers": 1})
     r = vanishing.run(p, tmp_path / "v")
     t = pd.read_csv(tmp_path / "v/adding.csv")
     assert len(t) == 6 and set(t.cell) == {"rnn", "lstm", "gru"}
@@ -130,7 +131,7 @@ def test_variants_study_tiny(tmp_path, jsb_dir):
     rep = tmp_path / "reports"
     (tmp_path / "var").rename(rep / "variants") if rep.exists() else (rep.mkdir(), (tmp_path / "var").rename(rep / "variants"))
     hello_run(p, rep / "hello")
-    van_run(params_for(tmp_path, **{"studies.vanishing.lengths": [6], "studies.vanishing.steps": 5, "studies.vanishing.test_sequences": 500}), rep / "vanishing")
+    van_run(params_for(tmp_path, **{"studies.vanishing.lengths": [6], "studies.vanishing.steps": 5, "studies.vanishing.test_sequences": 500, "studies.vanishing.workers": 1}), rep / "vanishing")
     bptt_run(params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.hidden": 8, "studies.bptt.layers": 1,
                                      "studies.bptt.budget_chars": 2000, "studies.bptt.full_len": 16, "studies.bptt.batch_size": 4,
                                      "studies.bptt.k1_eq_k2": [8], "studies.bptt.k1_lt_k2": []}), rep / "bptt", data_root=jsb_dir)

@@ -1,0 +1,63 @@
+"""Benchmark: sampling speed, characters per second, batch 1 and 256 streams.
+
+    python bench/sample_speed.py                  # CPU, 2x256 LSTM (the cpu preset's size)
+    python bench/sample_speed.py --device cuda    # GPU, 3x512 LSTM (the lecture's)
+
+Baseline in the same run: every step through the model's own forward (one call of
+torch.nn.LSTM per token). Project: `FastStep` (cell equations on the fused weights, the
+first layer's input projection precomputed per token). Speed does not depend on the weights,
+so a freshly initialised model of the right size is used. Writes bench/out/sample_<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from lightning_modules.lm import CharRNN  # noqa: E402
+from lightning_modules.sampling import sample_ids  # noqa: E402
+
+
+def rate(model, n, length, fast, device):
+    sample_ids(model, [1, 2, 3], 5, n=n, seed=0, fast=fast)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    sample_ids(model, [1, 2, 3], length, n=n, seed=0, fast=fast)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return n * length / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--length", type=int, default=400)
+    a = ap.parse_args()
+    H, L = (512, 3) if a.device == "cuda" else (256, 2)
+    torch.manual_seed(0)
+    model = CharRNN(65, "lstm", H, L).to(a.device).eval()
+    res = {"device": torch.cuda.get_device_name(0) if a.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)", "model": f"{L}x{H} LSTM"}
+    for n in (1, 256):
+        length = a.length if n == 1 else max(50, a.length // 4)
+        base = rate(model, n, length, False, a.device)
+        fast = rate(model, n, length, True, a.device)
+        res[f"batch{n}"] = {"eager_chars_per_s": round(base), "fast_chars_per_s": round(fast), "ratio": round(fast / base, 2)}
+    out = ROOT / "bench/out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"sample_{a.device}.json").write_text(json.dumps(res, indent=1))
+    print("| sampling, " + res["model"] + ", " + res["device"] + " | eager (model forward per token) | FastStep | ratio |\n|---|---|---|---|")
+    for n in (1, 256):
+        r = res[f"batch{n}"]
+        print(f"| {n} stream{'s' if n > 1 else ''} | {r['eager_chars_per_s']:,} chars/s | {r['fast_chars_per_s']:,} chars/s | {r['ratio']}x |")
+
+
+if __name__ == "__main__":
+    main()
