@@ -32,25 +32,15 @@ def load_split(data_dir: str | Path, split: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-class RandomWindows:
-    """Step-addressed random windows; resumable (Lightning saves/loads `state_dict`)."""
+class _StepAddressed:
+    """Batches addressed by optimizer step; resumable (Lightning saves/loads `state_dict`).
 
-    def __init__(self, data: torch.Tensor, batch: int, seq_len: int, steps: int, seed: int, rank: int = 0, world: int = 1):
-        if batch % world:
-            raise ValueError(f"batch_size {batch} must be divisible by the {world} ranks")
-        if len(data) < seq_len + 2:
-            raise ValueError(f"the train split has {len(data)} tokens, fewer than one window of seq_len+1={seq_len + 1}; lower seq_len")
-        self.data, self.batch, self.seq_len, self.steps, self.seed = data, batch, seq_len, steps, seed
-        self.rank, self.world, self.start = rank, world, 0
-        self.local = batch // world
-        self.arange = torch.arange(seq_len + 1)
+    Subclasses define `batch_at(step)`; `steps` is the epoch's length. After a resume,
+    iteration starts at the restored step, so the batches match a straight run's.
+    """
 
-    def batch_at(self, step: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = torch.randint(0, len(self.data) - self.seq_len - 1, (self.batch,), generator=g)
-        starts = starts[self.rank * self.local : (self.rank + 1) * self.local]
-        w = self.data[starts[:, None] + self.arange].long()
-        return w[:, :-1], w[:, 1:], False
+    steps: int
+    start: int = 0
 
     def __len__(self) -> int:
         return self.steps
@@ -71,7 +61,27 @@ class RandomWindows:
     _position = staticmethod(lambda: 0)  # set by the DataModule: the trainer's global step
 
 
-class Streams:
+class RandomWindows(_StepAddressed):
+    """Step-addressed random windows of seq_len + 1 tokens (stateless training)."""
+
+    def __init__(self, data: torch.Tensor, batch: int, seq_len: int, steps: int, seed: int, rank: int = 0, world: int = 1):
+        if batch % world:
+            raise ValueError(f"batch_size {batch} must be divisible by the {world} ranks")
+        if len(data) < seq_len + 2:
+            raise ValueError(f"the train split has {len(data)} tokens, fewer than one window of seq_len+1={seq_len + 1}; lower seq_len")
+        self.data, self.batch, self.seq_len, self.steps, self.seed = data, batch, seq_len, steps, seed
+        self.rank, self.world, self.start = rank, world, 0
+        self.local = batch // world
+        self.arange = torch.arange(seq_len + 1)
+
+    def batch_at(self, step: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.data) - self.seq_len - 1, (self.batch,), generator=g)
+        starts = starts[self.rank * self.local : (self.rank + 1) * self.local]
+        w = self.data[starts[:, None] + self.arange].long()
+        return w[:, :-1], w[:, 1:], False
+
+class Streams(_StepAddressed):
     """B contiguous streams read chunk by chunk; for TBPTT the walk repeats for `steps`."""
 
     def __init__(self, data: torch.Tensor, batch: int, chunk: int, steps: int | None = None, rank: int = 0, world: int = 1):
@@ -94,24 +104,6 @@ class Streams:
         a = c * self.chunk
         b = min(a + self.chunk, self.length)
         return self.x[:, a:b].long(), self.y[:, a:b].long(), c == 0
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        step = self.start
-        self.start = 0
-        while step < self.steps:
-            yield self.batch_at(step)
-            step += 1
-
-    def state_dict(self) -> dict:
-        return {"step": self._position()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.start = int(state["step"])
-
-    _position = staticmethod(lambda: 0)
 
 
 class TextDataModule(L.LightningDataModule):
