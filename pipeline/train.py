@@ -56,12 +56,24 @@ def check_data(corpus: str, params: Params, onehot_root: Path = ONEHOT) -> tuple
     return data_dir, meta
 
 
+def check_device(accelerator: str) -> None:
+    """A GPU preset on a machine without a visible GPU: one line, before any work."""
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(
+                "train.accelerator is gpu (preset gpu?) but no CUDA device is visible; use preset: cpu or --set train.accelerator=cpu"
+            )
+
+
 def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: Path = PLOTS, onehot_root: Path = ONEHOT) -> dict:
     """Train on one corpus; return the summary written to models/<corpus>/run.json."""
     from lightning_modules.train import fit
 
     data_dir, meta = check_data(corpus, params, onehot_root)
     tp = params.train
+    check_device(tp.accelerator)
     cfg = tp.to_fit()
     rank = global_rank()
     if rank != 0:  # a DDP worker launched by torchrun/SLURM/Lightning: train, write nothing

@@ -119,3 +119,9 @@ def test_bad_params_are_one_line_errors(tmp_path):
     assert "dvc repro onehot@tiny" in one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=env))
     assert "train first" in one_line_error(run_module("pipeline.sample", "tiny", cwd=proj, env=env))
     assert "--set" in one_line_error(run_module("pipeline.train", "tiny", "--set", "nonsense", cwd=proj, env=env))
+    import torch
+
+    if not torch.cuda.is_available():
+        assert dvc(proj, "repro", "onehot@tiny", env=env).returncode == 0
+        e = one_line_error(run_module("pipeline.train", "tiny", "--set", "preset=gpu", cwd=proj, env=env))
+        assert "no CUDA device is visible" in e
