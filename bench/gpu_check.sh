@@ -2,8 +2,8 @@
 # Every GPU measurement of the project in one run (<= 7 minutes on one H100), for the device
 # machine (torch + Lightning + numpy + pandas, no network, no prefect/mlflow/dvc):
 #   1. data stages on Tiny Shakespeare from the carried copy (gpu_carry/tinyshakespeare.txt)
-#   2. bench/train_step.py --device cuda: the project's step vs the plain loop (3x512, B128 T128, bf16),
-#      and the equation cells against cuDNN (one layer H512 B128 T128)
+#   2. bench/train_step.py --device cuda: the project's step vs the plain loop (3x512, B128 T128, bf16);
+#      bench/cell_speed.py --device cuda: the equation cells against cuDNN (one layer H512 B128 T128)
 #   3. the gpu preset through the project's own entry point (python -m pipeline.train, tracking off):
 #      val_loss against training seconds (targets: <= 1.47 within 20 s, <= 1.40 within 120 s)
 #   4. the anchor scripts (../shared/bench, carried in gpu_carry/), in the same call
@@ -25,6 +25,8 @@ for s in download tokenize onehot; do $PY -m pipeline.$s tinyshakespeare; done
 DEV=cpu; $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" && DEV=cuda
 $PY bench/train_step.py --device $DEV $QUICK | tee "$OUT/train_step.md"
 cp bench/out/train_step_$DEV.json "$OUT/" 2>/dev/null || true
+$PY bench/cell_speed.py --device $DEV $QUICK | tee "$OUT/cell_speed.md"
+cp bench/out/cell_speed_$DEV.json "$OUT/" 2>/dev/null || true
 $PY bench/sample_speed.py --device $DEV | tee "$OUT/sample_speed.md"
 STEPS=3000; [ -n "$QUICK" ] && STEPS=20
 PRESET="--set preset=gpu"; [ "$DEV" = cpu ] && PRESET="--set train.hidden=64 --set train.layers=1 --set train.batch_size=8"
@@ -44,5 +46,5 @@ from lightning_modules.sampling import generate
 m, v, _ = load_checkpoint("models/tinyshakespeare/best.ckpt", map_location="cpu")
 print("GPU checkpoint sampled on the CPU:", repr(generate(m, v, "ROMEO:", 60, seed=0)[0][:70]))
 PY
-echo "== summary"; cat "$OUT/train_step.md" "$OUT/sample_speed.md"
+echo "== summary"; cat "$OUT/train_step.md" "$OUT/cell_speed.md" "$OUT/sample_speed.md"
 echo "gpu preset, val_loss against seconds (step,val_loss,val_bpc,wall_s,train_s):"; cat "$OUT/gpu_preset_val_loss.csv" 2>/dev/null || true

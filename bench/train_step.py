@@ -5,9 +5,8 @@ DataModule) against a plain PyTorch loop on the same model and batch, in the sam
     python bench/train_step.py --device cuda        # GPU: 3x512 LSTM, B128 T128, bf16 autocast
     python bench/train_step.py --quick              # a few steps, to check the script
 
-Also: equation-cell throughput (forward + backward of one layer) as a fraction of the
-fused kernel, for the lecture's LSTM written from its equations and for Greff's vanilla
-LSTM with peepholes. Prints a table; writes bench/out/train_step.json.
+Prints a table; writes bench/out/train_step_<device>.json. The equation cells have their
+own benchmark: bench/cell_speed.py.
 Data: data/onehot/tinyshakespeare (run `dvc repro onehot@tinyshakespeare`).
 """
 from __future__ import annotations
@@ -27,7 +26,6 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from lightning_modules.data import load_split  # noqa: E402
 from lightning_modules.lm import CharRNN  # noqa: E402
-from lightning_modules.recurrent import RecurrentStack  # noqa: E402
 from lightning_modules.train import fit  # noqa: E402
 
 
@@ -91,20 +89,6 @@ def project_loop(data_dir, H, L, B, T, steps, warm, device, bf16):
     return B * T * steps / (timer.t1 - timer.t0)
 
 
-def cell_throughput(cell, fused, H, B, T, reps, device):
-    torch.manual_seed(0)
-    stack = RecurrentStack(cell, H, H, 1, fused=fused).to(device)
-    x = torch.randn(B, T, H, device=device, requires_grad=True)
-    for _ in range(2):
-        stack(x)[0].sum().backward()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        stack(x)[0].sum().backward()
-    sync(device)
-    return B * T * reps / (time.perf_counter() - t)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -123,21 +107,12 @@ def main():
     for _ in range(1 if a.quick else a.rounds):
         plain.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, gpu))
         project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, gpu))
-    ch, cb, cT = (512, 128, 128) if gpu else (256, 32, 128)
-    reps = 2 if a.quick else (20 if gpu else 5)
-    fused = cell_throughput("lstm", True, ch, cb, cT, reps, a.device)
-    eq = cell_throughput("lstm", False, ch, cb, cT, reps, a.device)
-    peep = cell_throughput("lstm-v", False, ch, cb, cT, reps, a.device)
     res = {
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if gpu else ", fp32"),
         "plain_chars_per_s": round(max(plain)),
         "project_chars_per_s": round(max(project)),
         "ratio_project_to_plain": round(max(project) / max(plain), 3),
-        "cell": f"1 layer H{ch} B{cb} T{cT}, forward+backward",
-        "fused_lstm_chars_per_s": round(fused),
-        "equation_lstm_ratio": round(eq / fused, 3),
-        "equation_lstm_v_ratio": round(peep / fused, 3),
     }
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
@@ -146,9 +121,6 @@ def main():
     print(f"| device | {res['device']} |")
     print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")
     print(f"| project (CharLM in Lightning Trainer + DataModule) | {res['project_chars_per_s']:,} chars/s ({res['ratio_project_to_plain']:.3f}x the plain loop) |")
-    print(f"| fused LSTM kernel, {res['cell']} | {res['fused_lstm_chars_per_s']:,} chars/s |")
-    print(f"| equation LSTM (lecture) / fused | {res['equation_lstm_ratio']:.3f}x |")
-    print(f"| equation LSTM-V (peepholes) / fused | {res['equation_lstm_v_ratio']:.3f}x |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_modules.lstm_seq import Layout, LSTMSequence
 from lightning_modules.names import CELLS, FUSED, LSTM_NAMES  # noqa: F401  (re-exported)
 
 
@@ -154,7 +155,22 @@ class LSTMCell(nn.Module):
             self.weight_gg = None
         _uniform_(self, hidden)
 
+    def layout(self) -> Layout:
+        v = self.variant
+        return Layout(self.hidden, self.gate_names, self.sig_names, v.input_act, v.output_act, v.coupled, v.peepholes, v.full_recurrence)
+
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The whole sequence at once with hand-written BPTT (`lstm_seq.LSTMSequence`);
+        the same function as `loop`, several times faster."""
+        h, c = state
+        xw = torch.nn.functional.linear(x, self.weight_ih, self.bias)  # (B, T, G*H), hoisted
+        p = self.peep
+        pi, pf, po = ((p[n] if p is not None and n in p else None) for n in ("i", "f", "o"))
+        y, h, c = LSTMSequence.apply(self.layout(), xw, self.weight_hh, h, c, pi, pf, po, self.weight_gg)
+        return y, (h, c)
+
+    def loop(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The reference: one step at a time, autograd records every operation."""
         h, c = state
         v, H = self.variant, self.hidden
         xw = torch.nn.functional.linear(x, self.weight_ih, self.bias)  # (B, T, G*H), hoisted

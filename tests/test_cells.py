@@ -184,3 +184,38 @@ def test_unknown_cell_is_an_error():
     with pytest.raises(ValueError, match="no fused kernel"):
         RecurrentStack("lstm-v", 2, 2, fused=True)
     assert set(LSTM_VARIANTS) >= {"lstm-v", "lstm-nig", "lstm-nfg", "lstm-nog", "lstm-niaf", "lstm-noaf", "lstm-np", "lstm-cifg", "lstm-fgr"}
+
+
+@pytest.mark.parametrize("variant", list(LSTM_VARIANTS))
+@pytest.mark.parametrize("steps", [1, 6])
+def test_hand_written_bptt_equals_the_autograd_loop(variant, steps):
+    """LSTMCell.forward (whole sequence, backward by hand) = LSTMCell.loop (autograd per step):
+    outputs, final state, and gradients of inputs, initial state and every parameter."""
+    torch.manual_seed(4)
+    m = LSTMCell(I, H, variant)
+    with torch.no_grad():  # non-zero peepholes and gate recurrence, so their paths count
+        for p in m.parameters():
+            p.uniform_(-0.8, 0.8)
+    x = torch.randn(B, steps, I, requires_grad=True)
+    h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
+    w = torch.randn(B, steps, H)
+    got = []
+    for run in (m.forward, m.loop):
+        y, (h, c) = run(x, (h0, c0))
+        loss = (y * w).sum() + (h**2).sum() + (c.sin()).sum()
+        got.append((y, h, c, *torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])))
+    names = ["y", "h_T", "C_T", "dx", "dh0", "dC0", *(f"d{n}" for n, _ in m.named_parameters())]
+    for name, a, b in zip(names, *got):
+        assert (a - b).norm() <= 1e-12 * b.norm() or (a == b).all(), name  # FGR's dR is 0 when T = 1
+
+
+def test_hand_written_bptt_without_grad_and_in_float32():
+    torch.manual_seed(5)
+    m = LSTMCell(I, H, "lstm-v").float()
+    x = torch.randn(B, T, I, dtype=torch.float32)
+    s = (torch.zeros(B, H, dtype=torch.float32), torch.zeros(B, H, dtype=torch.float32))
+    with torch.no_grad():
+        y, (h, c) = m(x, s)
+        y_ref, (h_ref, c_ref) = m.loop(x, s)
+    assert y.dtype == torch.float32 and not y.requires_grad
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.equal(h, y[:, -1]) and torch.allclose(c, c_ref, atol=1e-6)

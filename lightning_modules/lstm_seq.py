@@ -1,0 +1,266 @@
+"""The LSTM and Greff's variants over a whole sequence, with back-propagation through time
+written by hand (one `torch.autograd.Function` per layer call).
+
+Why: the equation loop in `cells.LSTMCell.loop` records about a dozen autograd nodes per
+time step, and on the CPU that bookkeeping, not the arithmetic, is most of its time. Here
+the forward pass runs without autograd into preallocated buffers (batch first, the gate
+activations written in place over the pre-activations) and the backward pass is the
+lecture's BPTT, unrolled by hand, with every weight gradient taken after the loop as one
+matmul over all time steps. The two are numerically the same function (tests/test_cells.py
+compares them, values and gradients).
+
+Forward, step t (rows of a_t in LSTMCell's order (i, f, C~, o), absent gates left out):
+
+    a_t   = xw_t + W_h h_{t-1} [+ R [i, f, o]_{t-1}]     xw_t = W_x x_t + b, hoisted (FGR: R)
+    i_t   = sigma(a_i + p_i * C_{t-1})   f_t = sigma(a_f + p_f * C_{t-1})   C~_t = g(a_C)
+    C_t   = f_t * C_{t-1} + i_t * C~_t                    (CIFG: f_t = 1 - i_t)
+    o_t   = sigma(a_o + p_o * C_t)       h_t = o_t * h(C_t)
+
+Backward, t = T .. 1 (d = dL/d, sigma' = s (1 - s), tanh' = 1 - tanh^2):
+
+    dh_t   = dL/dy_t + W_h^T da_{t+1}                    (+ dL/dh_T at t = T)
+    da_o   = dh_t * h(C_t) * sigma'(o_t)
+    dC_t  += dh_t * o_t * h'(C_t) + p_o * da_o
+    da_i   = dC_t * C~_t * sigma'(i_t)                    (CIFG: dC_t * (C~_t - C_{t-1}))
+    da_f   = dC_t * C_{t-1} * sigma'(f_t)
+    da_C   = dC_t * i_t * g'(a_C)
+    dC_{t-1} = dC_t * f_t + p_i * da_i + p_f * da_f
+    FGR: the sigmoid gates of step t also feed step t+1: d[i, f, o]_t += R^T da_{t+1}[i, f, o]
+
+    dW_h = sum_t da_t h_{t-1}^T    dp_i = sum_t da_i * C_{t-1}    dp_o = sum_t da_o * C_t
+    dR   = sum_t da_{t+1}[i, f, o] [i, f, o]_t^T          dxw_t = da_t
+
+The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each gate's rows are (column blocks of width H in a_t), from LSTMCell."""
+
+    H: int
+    gate_names: tuple[str, ...]
+    sig_names: tuple[str, ...]
+    input_act: bool
+    output_act: bool
+    coupled: bool
+    peepholes: bool
+    full_recurrence: bool
+
+    def cols(self, name: str) -> slice:
+        k = self.gate_names.index(name)
+        return slice(k * self.H, (k + 1) * self.H)
+
+    def has(self, name: str) -> bool:
+        return name in self.gate_names
+
+    @property
+    def front(self) -> int:
+        """Number of sigmoid gates stored before C~ (i and f): one sigmoid call covers them."""
+        return self.gate_names.index("g")
+
+
+def _gate(buf: Tensor, lay: Layout, name: str) -> Tensor | None:
+    return buf[..., lay.cols(name)] if lay.has(name) else None
+
+
+def _sig_index(lay: Layout, device) -> Tensor:
+    """Column indices of the sigmoid gates (i, f, o) in a_t, in R's order."""
+    return torch.cat([torch.arange(lay.cols(n).start, lay.cols(n).stop, device=device) for n in lay.sig_names])
+
+
+def lstm_forward(lay: Layout, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
+    """Run the sequence; returns (Y, C, HC, SG, A): outputs, cell states (C_0..C_T),
+    h(C_t), the FGR gate history and the gate activations, all (B, T[+1], .)."""
+    B, T, _ = xw.shape
+    H = lay.H
+    A = xw.clone(memory_format=torch.contiguous_format)
+    C = xw.new_empty(B, T + 1, H)
+    C[:, 0] = c0
+    Y = xw.new_empty(B, T, H)
+    HC = xw.new_empty(B, T, H) if lay.output_act else None
+    k = len(lay.sig_names)
+    SG = xw.new_empty(B, T, k * H) if lay.full_recurrence else None
+    tmp = xw.new_empty(B, H) if lay.coupled else None
+    w_t = w_hh.t()
+    w_gg_t = w_gg.t() if w_gg is not None else None
+    sig_idx = _sig_index(lay, xw.device) if w_gg is not None else None
+    r = xw.new_empty(B, k * H) if w_gg is not None else None
+    nf = lay.front * H
+    p_i, p_f, p_o = peep.get("i"), peep.get("f"), peep.get("o")
+    h = h0
+    for t in range(T):
+        a = A[:, t]
+        a.addmm_(h, w_t)
+        if SG is not None and t > 0:  # R [i, f, o]_{t-1}: i, f are a_t's first columns, o its last
+            torch.mm(SG[:, t - 1], w_gg_t, out=r)
+            if nf:
+                a[:, :nf].add_(r[:, :nf])
+            if lay.has("o"):
+                a[:, lay.cols("o")].add_(r[:, nf:])
+        c = C[:, t]
+        ai, af, ag, ao = (_gate(a, lay, n) for n in ("i", "f", "g", "o"))
+        if p_i is not None and ai is not None:
+            ai.addcmul_(p_i, c)
+        if p_f is not None and af is not None:
+            af.addcmul_(p_f, c)
+        if lay.front:
+            a[:, : lay.front * H].sigmoid_()
+        if lay.input_act:
+            ag.tanh_()
+        cn = C[:, t + 1]
+        if lay.coupled:  # C_t = (1 - i) C_{t-1} + i C~ = C_{t-1} + i (C~ - C_{t-1})
+            torch.addcmul(c, ai, torch.sub(ag, c, out=tmp), out=cn)
+        elif af is None:  # NFG
+            torch.addcmul(c, ai, ag, out=cn)
+        elif ai is None:  # NIG
+            torch.mul(af, c, out=cn).add_(ag)
+        else:
+            torch.mul(af, c, out=cn).addcmul_(ai, ag)
+        if ao is not None:
+            if p_o is not None:
+                ao.addcmul_(p_o, cn)
+            ao.sigmoid_()
+        hc = torch.tanh(cn, out=HC[:, t]) if HC is not None else cn
+        if ao is not None:
+            torch.mul(ao, hc, out=Y[:, t])
+        else:
+            Y[:, t].copy_(hc)
+        if SG is not None:
+            torch.index_select(a, 1, sig_idx, out=SG[:, t])
+        h = Y[:, t]
+    return Y, C, HC, SG, A
+
+
+def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
+                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
+    """BPTT through the stored sequence; returns (dxw, dW_h, dh0, dc0, dp dict, dR)."""
+    Y, C, HC, SG, A = saved
+    B, T, _ = A.shape
+    H = lay.H
+    dA = torch.empty_like(A)
+    dh = A.new_empty(B, H)
+    dc = dcT.clone(memory_format=torch.contiguous_format) if dcT is not None else A.new_zeros(B, H)
+    D = A.new_empty(B, A.shape[2])  # sigma' (and g') of every gate at step t
+    ones = A.new_ones(B, H)
+    tmp = A.new_empty(B, H)
+    p_i, p_f, p_o = peep.get("i"), peep.get("f"), peep.get("o")
+    ex = None
+    sig_idx = _sig_index(lay, A.device) if w_gg is not None else None
+    for t in range(T - 1, -1, -1):
+        if t == T - 1:
+            torch.add(dY[:, t], dhT, out=dh) if dhT is not None else dh.copy_(dY[:, t])
+        else:
+            torch.addmm(dY[:, t], dA[:, t + 1], w_hh, out=dh)
+            if w_gg is not None:
+                ex = torch.index_select(dA[:, t + 1], 1, sig_idx) @ w_gg
+        a, d = A[:, t], dA[:, t]
+        torch.addcmul(a, a, a, value=-1, out=D)  # s - s^2
+        if lay.input_act:
+            torch.addcmul(ones, a[:, lay.cols("g")], a[:, lay.cols("g")], value=-1, out=D[:, lay.cols("g")])
+        ai, af, ag, ao = (_gate(a, lay, n) for n in ("i", "f", "g", "o"))
+        exg = {n: ex[:, j * H : (j + 1) * H] for j, n in enumerate(lay.sig_names)} if ex is not None else {}
+        c_prev, c_now = C[:, t], C[:, t + 1]
+        hc = HC[:, t] if HC is not None else c_now
+        # output gate and the path h_t -> C_t
+        if ao is not None:
+            do = d[:, lay.cols("o")]
+            torch.mul(dh, hc, out=do)
+            if "o" in exg:
+                do.add_(exg["o"])
+            do.mul_(D[:, lay.cols("o")])
+            if HC is not None:
+                torch.addcmul(ones, hc, hc, value=-1, out=tmp).mul_(ao)
+                dc.addcmul_(dh, tmp)
+            else:
+                dc.addcmul_(dh, ao)
+            if p_o is not None:
+                dc.addcmul_(do, p_o)
+        elif HC is not None:
+            dc.addcmul_(dh, torch.addcmul(ones, hc, hc, value=-1, out=tmp))
+        else:
+            dc.add_(dh)
+        # input gate, forget gate, candidate
+        if ai is not None:
+            di = d[:, lay.cols("i")]
+            if lay.coupled:
+                torch.mul(dc, torch.sub(ag, c_prev, out=di), out=di)
+            else:
+                torch.mul(dc, ag, out=di)
+            if "i" in exg:
+                di.add_(exg["i"])
+            di.mul_(D[:, lay.cols("i")])
+        if af is not None:
+            df = d[:, lay.cols("f")]
+            torch.mul(dc, c_prev, out=df)
+            if "f" in exg:
+                df.add_(exg["f"])
+            df.mul_(D[:, lay.cols("f")])
+        dg = d[:, lay.cols("g")]
+        if ai is not None:
+            torch.mul(dc, ai, out=dg)
+        else:
+            dg.copy_(dc)
+        if lay.input_act:
+            dg.mul_(D[:, lay.cols("g")])
+        # dC_{t-1}
+        if lay.coupled:
+            dc.addcmul_(dc, ai, value=-1)
+        elif af is not None:
+            dc.mul_(af)
+        if p_i is not None and ai is not None:
+            dc.addcmul_(di, p_i)
+        if p_f is not None and af is not None:
+            dc.addcmul_(df, p_f)
+    h_prev = torch.cat([h0.unsqueeze(1), Y[:, :-1]], 1)
+    dW = dA.reshape(B * T, -1).t() @ h_prev.reshape(B * T, H)
+    dh0 = dA[:, 0] @ w_hh
+    dp = {}
+    for n, p in peep.items():
+        cs = C[:, 1:] if n == "o" else C[:, :-1]
+        dp[n] = (dA[..., lay.cols(n)] * cs).sum((0, 1))
+    dR = None
+    if w_gg is not None:
+        if T > 1:
+            dsig = dA[:, 1:].index_select(2, sig_idx)
+            dR = dsig.reshape(-1, dsig.shape[2]).t() @ SG[:, :-1].reshape(-1, SG.shape[2])
+        else:
+            dR = torch.zeros_like(w_gg)
+    return dA, dW, dh0, dc, dp, dR
+
+
+class LSTMSequence(torch.autograd.Function):
+    """y, h_T, C_T = LSTMSequence.apply(layout, xw, W_h, h_0, C_0, p_i, p_f, p_o, R)."""
+
+    @staticmethod
+    def forward(ctx, lay: Layout, xw, w_hh, h0, c0, p_i, p_f, p_o, w_gg):
+        dt = torch.promote_types(xw.dtype, w_hh.dtype)
+        cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
+        xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
+        peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
+        Y, C, HC, SG, A = lstm_forward(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
+        ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
+        ctx.peep_names = tuple(peep)
+        ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
+        return Y, Y[:, -1].clone(), C[:, -1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dY, dhT, dcT):
+        Y, C, HC, SG, A, w_hh, h0, w_gg, *pv = ctx.saved_tensors
+        peep = dict(zip(ctx.peep_names, pv))
+        dt = A.dtype
+        dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
+        dA, dW, dh0, dc0, dp, dR = lstm_backward(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
+                                                 dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
+        x_dt, w_dt, h_dt, c_dt = ctx.dtypes
+        g = lambda n: dp[n].to(w_dt) if n in dp else None  # noqa: E731
+        return (None, dA.to(x_dt), dW.to(w_dt), dh0.to(h_dt), dc0.to(c_dt), g("i"), g("f"), g("o"),
+                dR.to(w_dt) if dR is not None else None)
