@@ -1,6 +1,8 @@
 """Study `variants` (slide 13; Greff et al. 2017, "LSTM: A Search Space Odyssey").
 
     python -m studies.variants       # -> reports/variants/{summary.csv,.md, boxplots.png, reading.md, trials.csv}
+    python -m studies.variants --set studies.preset=full --set studies.variants.tasks=[jsb] \
+        --set "studies.variants.variants=[V,GRU,RNN]" --out reports/variants_full    # Chung et al.'s three, full preset
 
 Which parts of the LSTM matter? For each variant (V, NIG, NFG, NOG, NIAF, NOAF, NP, CIFG,
 FGR, plus GRU and a plain RNN), as in Greff's protocol:
@@ -33,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import load_params
+from pipeline.atomic import write_text
+from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies.common import REPORTS, pyplot, save_png, study_params, write_result, write_table
 
@@ -46,12 +49,13 @@ class VariantsParams:
     tasks: tuple[str, ...] = ("jsb", "text")
     variants: tuple[str, ...] = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR", "GRU", "RNN")
     trials: int = 4
-    lr_min: float = 2e-3
-    lr_max: float = 3e-2
+    lr_min: float = 1e-3
+    lr_max: float = 1e-2
     hidden_min: int = 24
     hidden_max: int = 64
-    jsb_max_epochs: int = 60
-    jsb_patience: int = 8
+    jsb_max_epochs: int = 100
+    jsb_patience: int = 10
+    jsb_batch: int = 8
     text_corpus: str = "tinyshakespeare"
     text_budget_chars: int = 300_000
     text_batch: int = 32
@@ -78,7 +82,8 @@ def _jsb_trial(t: dict, hp: dict, data_dir: str) -> dict:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    r = train_music(load_chorales(data_dir), t["cell"], t["hidden"], t["lr"], t["seed"], hp["jsb_max_epochs"], hp["jsb_patience"])
+    r = train_music(load_chorales(data_dir), t["cell"], t["hidden"], t["lr"], t["seed"], hp["jsb_max_epochs"], hp["jsb_patience"],
+                    batch=hp["jsb_batch"])
     return {**t, "val_score": r["val_nll"], "test_score": r["test_nll"], "epochs": r["epochs"], "params": r["params"],
             "seconds": time.perf_counter() - t0}
 
@@ -239,7 +244,7 @@ def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("da
         write_table(summ, out_dir, f"summary_{task}")
         paragraphs.append(reading(task, summ, TASKS[task]["metric"]))
     boxplots(by_task, order, out_dir / "boxplots.png")
-    (out_dir / "reading.md").write_text("\n\n".join(paragraphs) + "\n")
+    write_text(out_dir / "reading.md", "\n\n".join(paragraphs) + "\n")
     result = {"invocation": invocation, "reading": paragraphs,
               "best": {t: s.set_index("variant")["best"].to_dict() for t, s in summaries.items()}}
     write_result(out_dir, result)
@@ -255,8 +260,11 @@ def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("da
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a param (repeatable), e.g. studies.preset=full or studies.variants.tasks=[jsb]")
+    ap.add_argument("--out", default=str(REPORTS / "variants"), help="report folder (default reports/variants)")
     a = ap.parse_args(argv)
-    r = run(load_params(a.params))
+    r = run(load_params(a.params, parse_sets(a.set)), Path(a.out))
     print("\n\n".join(r["reading"]))
 
 

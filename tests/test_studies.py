@@ -137,11 +137,21 @@ def test_variants_study_tiny(tmp_path, jsb_dir):
                                      "studies.bptt.k1_eq_k2": [8], "studies.bptt.k1_lt_k2": []}), rep / "bptt", data_root=jsb_dir)
     page = review.render(rep)
     assert "## 1. Why are plain recurrent networks ineffective?" in page and "| variant" in page and "hello" in page
+    assert "Against the published figures" not in page  # stage variants_full_jsb not run
+    import shutil
+
+    shutil.copytree(rep / "variants", rep / "variants_full")
+    best = r["best"]["jsb"]
+    page = review.render(rep)
+    verdict = "met." if best["V"] <= 8.67 and best["GRU"] <= 8.67 else "not met."
+    assert f"LSTM (V): best {best['V']:.3f} vs 8.67" in page and f"The bar (best LSTM and GRU <= 8.67) is {verdict}" in page
 
 
 def test_study_params_are_validated(tmp_path):
     assert "studies.variants.variants: unknown" in one_line_error(
         run_module("studies.variants", "--params", str(_params_file(tmp_path, "variants", {"variants": ["V", "XYZ"]}))))
+    assert "studies.variants.tasks: unknown task 'xyz'" in one_line_error(
+        run_module("studies.variants", "--params", str(_params_file(tmp_path, "variants", {})), "--set", "studies.variants.tasks=[xyz]"))
     assert "studies.vanishing.cells: unknown" in one_line_error(
         run_module("studies.vanishing", "--params", str(_params_file(tmp_path, "vanishing", {"cells": ["lstmm"]}))))
     assert "studies.hello.speed: unknown key" in one_line_error(
