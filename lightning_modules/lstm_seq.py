@@ -30,7 +30,9 @@ Backward, t = T .. 1 (d = dL/d, sigma' = s (1 - s), tanh' = 1 - tanh^2):
     dW_h = sum_t da_t h_{t-1}^T    dp_i = sum_t da_i * C_{t-1}    dp_o = sum_t da_o * C_t
     dR   = sum_t da_{t+1}[i, f, o] [i, f, o]_t^T          dxw_t = da_t
 
-The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32).
+The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32). On a
+GPU with Triton the per-step gate arithmetic runs as one fused kernel (`lstm_triton`, the
+same equations and buffers); elsewhere, as the torch operations below.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from lightning_modules import lstm_triton
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,16 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
             dc.addcmul_(di, p_i)
         if p_f is not None and af is not None:
             dc.addcmul_(df, p_f)
+    dW, dh0, dp, dR = weight_grads(lay, dA, None, Y, C, SG, h0, w_hh, peep, w_gg)
+    return dA, dW, dh0, dc, dp, dR
+
+
+def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tensor, SG: Tensor | None,
+                 h0: Tensor, w_hh: Tensor, peep: dict, w_gg: Tensor | None):
+    """After the time loop, each weight gradient as one product over all steps:
+    (dW_h, dh_0, dp dict, dR). dSG: da's sigmoid-gate columns in R's order (None: taken from dA)."""
+    B, T, _ = dA.shape
+    H = lay.H
     h_prev = torch.cat([h0.unsqueeze(1), Y[:, :-1]], 1)
     dW = dA.reshape(B * T, -1).t() @ h_prev.reshape(B * T, H)
     dh0 = dA[:, 0] @ w_hh
@@ -229,11 +243,11 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
     dR = None
     if w_gg is not None:
         if T > 1:
-            dsig = dA[:, 1:].index_select(2, sig_idx)
+            dsig = dSG[:, 1:] if dSG is not None else dA[:, 1:].index_select(2, _sig_index(lay, dA.device))
             dR = dsig.reshape(-1, dsig.shape[2]).t() @ SG[:, :-1].reshape(-1, SG.shape[2])
         else:
             dR = torch.zeros_like(w_gg)
-    return dA, dW, dh0, dc, dp, dR
+    return dW, dh0, dp, dR
 
 
 class LSTMSequence(torch.autograd.Function):
@@ -245,7 +259,8 @@ class LSTMSequence(torch.autograd.Function):
         cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
         xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
         peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
-        Y, C, HC, SG, A = lstm_forward(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
+        fwd = lstm_triton.lstm_forward if lstm_triton.usable(xw_) else lstm_forward
+        Y, C, HC, SG, A = fwd(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
         ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
         ctx.peep_names = tuple(peep)
         ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
@@ -258,8 +273,9 @@ class LSTMSequence(torch.autograd.Function):
         peep = dict(zip(ctx.peep_names, pv))
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
-        dA, dW, dh0, dc0, dp, dR = lstm_backward(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
-                                                 dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
+        bwd = lstm_triton.lstm_backward if lstm_triton.usable(A) else lstm_backward
+        dA, dW, dh0, dc0, dp, dR = bwd(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
+                                       dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
         x_dt, w_dt, h_dt, c_dt = ctx.dtypes
         g = lambda n: dp[n].to(w_dt) if n in dp else None  # noqa: E731
         return (None, dA.to(x_dt), dW.to(w_dt), dh0.to(h_dt), dc0.to(c_dt), g("i"), g("f"), g("o"),

@@ -1,0 +1,270 @@
+"""The equation LSTMs' gate arithmetic as two Triton kernels (GPU), for `lstm_seq`.
+
+Why: on a GPU the eager loop of `lstm_seq.lstm_forward` launches about a dozen element-wise
+kernels per time step (two dozen in the backward pass), each a few microseconds of launch
+for a few hundred kilobytes of work: the loop is launch-bound. Here each time step is one
+cuBLAS matmul (W_h h_{t-1}; FGR: + R [i, f, o]_{t-1}) and ONE fused kernel for everything
+else, forward and backward; the weight gradients stay one matmul over all time steps
+(`lstm_seq.weight_grads`). The equations are the ones in `lstm_seq` (same buffers, same
+layout: A holds the gate activations written over the pre-activations), so the two paths
+are interchangeable and tested against each other (tests/test_lstm_triton.py, which runs
+these kernels in Triton's interpreter on the CPU).
+
+Per element (b, j) of step t, forward (absent gates: i = 1, f = 1, o = 1; CIFG: f = 1 - i):
+
+    i = sigma(a_i [+ r_i] + p_i C_{t-1})   f = sigma(a_f [+ r_f] + p_f C_{t-1})   C~ = g(a_C)
+    C_t = f C_{t-1} + i C~                 o = sigma(a_o [+ r_o] + p_o C_t)       h_t = o h(C_t)
+
+backward, given dh_t (= dL/dy_t + W_h^T da_{t+1}, a matmul outside) and the carried dC:
+
+    da_o = (dh h(C_t) [+ e_o]) o (1 - o)     dC += dh o h'(C_t) + p_o da_o
+    da_i = (dC C~ [+ e_i]) i (1 - i)         (CIFG: dC (C~ - C_{t-1}))
+    da_f = (dC C_{t-1} [+ e_f]) f (1 - f)    da_C = dC i g'(a_C)
+    dC_{t-1} = dC f + p_i da_i + p_f da_f    (CIFG: dC (1 - i) + ...)
+
+with e = R^T da_{t+1}[i, f, o] (FGR only; also a matmul outside). tanh is written as
+2 sigma(2x) - 1 (Triton's core language has no tanh on every backend).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of torch; CPU builds (and this module's users) may lack it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+BLOCK = 512
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def usable(x: Tensor) -> bool:
+    """Take the fused path for this tensor? CUDA with Triton, unless LSTM_TRITON=0."""
+    return x.is_cuda and triton is not None and os.environ.get("LSTM_TRITON", "1") != "0"
+
+
+def _flags(lay) -> dict:
+    """Column block of each gate in a_t (-1: absent) and its index in R's (i, f, o) order."""
+    col = {n: (lay.gate_names.index(n) if n in lay.gate_names else -1) for n in "ifgo"}
+    sig = {n: (lay.sig_names.index(n) if n in lay.sig_names else -1) for n in "ifo"}
+    return dict(KI=col["i"], KF=col["f"], KG=col["g"], KO=col["o"], RI=sig["i"], RF=sig["f"], RO=sig["o"],
+                INPUT_ACT=lay.input_act, OUTPUT_ACT=lay.output_act, COUPLED=lay.coupled,
+                PEEP=lay.peepholes, FGR=lay.full_recurrence)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tanh(x):
+        return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+    @triton.jit
+    def _fwd_step(A, C, Y, HC, SG, Rb, PI, PF, PO, t, T, H, N,
+                  KI: tl.constexpr, KF: tl.constexpr, KG: tl.constexpr, KO: tl.constexpr,
+                  RI: tl.constexpr, RF: tl.constexpr, RO: tl.constexpr, INPUT_ACT: tl.constexpr,
+                  OUTPUT_ACT: tl.constexpr, COUPLED: tl.constexpr, PEEP: tl.constexpr, FGR: tl.constexpr,
+                  G: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+        """A (B, T, G*H) pre-activations in, activations out; C (B, T+1, H); Y, HC (B, T, H);
+        SG (B, T, K*H) the sigmoid gates for FGR; Rb (B, K*H) = R [i, f, o]_{t-1}."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        b = offs // H
+        j = offs % H
+        a_row = A + (b * T + t) * (G * H) + j
+        c_prev = tl.load(C + (b * (T + 1) + t) * H + j, mask=m).to(tl.float32)
+        i = 1.0
+        f = 1.0
+        o = 1.0
+        if KI >= 0:
+            ai = tl.load(a_row + KI * H, mask=m).to(tl.float32)
+            if FGR:
+                ai += tl.load(Rb + b * (K * H) + RI * H + j, mask=m).to(tl.float32)
+            if PEEP:
+                ai += tl.load(PI + j, mask=m).to(tl.float32) * c_prev
+            i = tl.sigmoid(ai)
+            tl.store(a_row + KI * H, i.to(A.dtype.element_ty), mask=m)
+        if KF >= 0:
+            af = tl.load(a_row + KF * H, mask=m).to(tl.float32)
+            if FGR:
+                af += tl.load(Rb + b * (K * H) + RF * H + j, mask=m).to(tl.float32)
+            if PEEP:
+                af += tl.load(PF + j, mask=m).to(tl.float32) * c_prev
+            f = tl.sigmoid(af)
+            tl.store(a_row + KF * H, f.to(A.dtype.element_ty), mask=m)
+        g = tl.load(a_row + KG * H, mask=m).to(tl.float32)
+        if INPUT_ACT:
+            g = _tanh(g)
+            tl.store(a_row + KG * H, g.to(A.dtype.element_ty), mask=m)
+        if COUPLED:
+            c = c_prev + i * (g - c_prev)
+        else:
+            c = f * c_prev + i * g
+        tl.store(C + (b * (T + 1) + t + 1) * H + j, c.to(C.dtype.element_ty), mask=m)
+        if KO >= 0:
+            ao = tl.load(a_row + KO * H, mask=m).to(tl.float32)
+            if FGR:
+                ao += tl.load(Rb + b * (K * H) + RO * H + j, mask=m).to(tl.float32)
+            if PEEP:
+                ao += tl.load(PO + j, mask=m).to(tl.float32) * c
+            o = tl.sigmoid(ao)
+            tl.store(a_row + KO * H, o.to(A.dtype.element_ty), mask=m)
+        hc = c
+        if OUTPUT_ACT:
+            hc = _tanh(c)
+            tl.store(HC + (b * T + t) * H + j, hc.to(HC.dtype.element_ty), mask=m)
+        tl.store(Y + (b * T + t) * H + j, (o * hc).to(Y.dtype.element_ty), mask=m)
+        if FGR:
+            sg_row = SG + (b * T + t) * (K * H) + j
+            if RI >= 0:
+                tl.store(sg_row + RI * H, i.to(SG.dtype.element_ty), mask=m)
+            if RF >= 0:
+                tl.store(sg_row + RF * H, f.to(SG.dtype.element_ty), mask=m)
+            if RO >= 0:
+                tl.store(sg_row + RO * H, o.to(SG.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _bwd_step(A, C, HC, DA, DSG, DH, DC, EX, PI, PF, PO, t, T, H, N,
+                  KI: tl.constexpr, KF: tl.constexpr, KG: tl.constexpr, KO: tl.constexpr,
+                  RI: tl.constexpr, RF: tl.constexpr, RO: tl.constexpr, INPUT_ACT: tl.constexpr,
+                  OUTPUT_ACT: tl.constexpr, COUPLED: tl.constexpr, PEEP: tl.constexpr, FGR: tl.constexpr,
+                  G: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+        """DA (B, T, G*H) gets da_t; DSG (B, T, K*H) its sigmoid-gate columns (FGR);
+        DH (B, H) dh_t in; DC (B, H) dC_t in, dC_{t-1} out; EX (B, K*H) = R^T da_{t+1}."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        b = offs // H
+        j = offs % H
+        a_row = A + (b * T + t) * (G * H) + j
+        d_row = DA + (b * T + t) * (G * H) + j
+        dh = tl.load(DH + offs, mask=m).to(tl.float32)
+        dc = tl.load(DC + offs, mask=m).to(tl.float32)
+        c_prev = tl.load(C + (b * (T + 1) + t) * H + j, mask=m).to(tl.float32)
+        hc = tl.load(C + (b * (T + 1) + t + 1) * H + j, mask=m).to(tl.float32)
+        if OUTPUT_ACT:
+            hc = tl.load(HC + (b * T + t) * H + j, mask=m).to(tl.float32)
+        dhc = dh  # dL/dh(C_t)
+        if KO >= 0:
+            o = tl.load(a_row + KO * H, mask=m).to(tl.float32)
+            do = dh * hc
+            if FGR:
+                do += tl.load(EX + b * (K * H) + RO * H + j, mask=m).to(tl.float32)
+            do = do * o * (1.0 - o)
+            tl.store(d_row + KO * H, do.to(DA.dtype.element_ty), mask=m)
+            dhc = dh * o
+            if FGR:
+                tl.store(DSG + (b * T + t) * (K * H) + RO * H + j, do.to(DSG.dtype.element_ty), mask=m)
+        if OUTPUT_ACT:
+            dc += dhc * (1.0 - hc * hc)
+        else:
+            dc += dhc
+        if KO >= 0:
+            if PEEP:
+                dc += do * tl.load(PO + j, mask=m).to(tl.float32)
+        g = tl.load(a_row + KG * H, mask=m).to(tl.float32)
+        i = 1.0
+        f = 1.0
+        if KI >= 0:
+            i = tl.load(a_row + KI * H, mask=m).to(tl.float32)
+        if KF >= 0:
+            f = tl.load(a_row + KF * H, mask=m).to(tl.float32)
+        if COUPLED:
+            dc_prev = dc * (1.0 - i)
+        else:
+            dc_prev = dc * f
+        if KI >= 0:
+            if COUPLED:
+                di = dc * (g - c_prev)
+            else:
+                di = dc * g
+            if FGR:
+                di += tl.load(EX + b * (K * H) + RI * H + j, mask=m).to(tl.float32)
+            di = di * i * (1.0 - i)
+            tl.store(d_row + KI * H, di.to(DA.dtype.element_ty), mask=m)
+            if FGR:
+                tl.store(DSG + (b * T + t) * (K * H) + RI * H + j, di.to(DSG.dtype.element_ty), mask=m)
+            if PEEP:
+                dc_prev += di * tl.load(PI + j, mask=m).to(tl.float32)
+        if KF >= 0:
+            df = dc * c_prev
+            if FGR:
+                df += tl.load(EX + b * (K * H) + RF * H + j, mask=m).to(tl.float32)
+            df = df * f * (1.0 - f)
+            tl.store(d_row + KF * H, df.to(DA.dtype.element_ty), mask=m)
+            if FGR:
+                tl.store(DSG + (b * T + t) * (K * H) + RF * H + j, df.to(DSG.dtype.element_ty), mask=m)
+            if PEEP:
+                dc_prev += df * tl.load(PF + j, mask=m).to(tl.float32)
+        dg = dc * i
+        if INPUT_ACT:
+            dg = dg * (1.0 - g * g)
+        tl.store(d_row + KG * H, dg.to(DA.dtype.element_ty), mask=m)
+        tl.store(DC + offs, dc_prev.to(DC.dtype.element_ty), mask=m)
+
+
+def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
+    """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
+    B, T, GH = xw.shape
+    H = lay.H
+    k = len(lay.sig_names)
+    A = xw.clone(memory_format=torch.contiguous_format)
+    C = xw.new_empty(B, T + 1, H)
+    C[:, 0] = c0
+    Y = xw.new_empty(B, T, H)
+    HC = xw.new_empty(B, T, H) if lay.output_act else None
+    SG = xw.new_empty(B, T, k * H) if lay.full_recurrence else None
+    r = xw.new_zeros(B, k * H) if lay.full_recurrence else None
+    w_t = w_hh.t()
+    w_gg_t = w_gg.t() if w_gg is not None else None
+    dummy = A
+    p = [peep.get(n, dummy) for n in ("i", "f", "o")]
+    N = B * H
+    grid = (triton.cdiv(N, BLOCK),)
+    fl = _flags(lay)
+    h = h0
+    for t in range(T):
+        A[:, t].addmm_(h, w_t)
+        if SG is not None and t > 0:
+            torch.mm(SG[:, t - 1], w_gg_t, out=r)
+        _fwd_step[grid](A, C, Y, HC if HC is not None else dummy, SG if SG is not None else dummy,
+                        r if r is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
+        h = Y[:, t]
+    return Y, C, HC, SG, A
+
+
+def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
+                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
+    """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
+    from lightning_modules.lstm_seq import weight_grads
+
+    Y, C, HC, SG, A = saved
+    B, T, GH = A.shape
+    H = lay.H
+    k = len(lay.sig_names)
+    dA = torch.empty_like(A)
+    dSG = A.new_empty(B, T, k * H) if w_gg is not None else None
+    dh = A.new_empty(B, H)
+    dc = dcT.clone(memory_format=torch.contiguous_format) if dcT is not None else A.new_zeros(B, H)
+    ex = A.new_zeros(B, k * H) if w_gg is not None else None
+    dummy = A
+    p = [peep.get(n, dummy) for n in ("i", "f", "o")]
+    N = B * H
+    grid = (triton.cdiv(N, BLOCK),)
+    fl = _flags(lay)
+    for t in range(T - 1, -1, -1):
+        if t == T - 1:
+            torch.add(dY[:, t], dhT, out=dh) if dhT is not None else dh.copy_(dY[:, t])
+        else:
+            torch.addmm(dY[:, t], dA[:, t + 1], w_hh, out=dh)
+            if w_gg is not None:
+                torch.mm(dSG[:, t + 1], w_gg, out=ex)
+        _bwd_step[grid](A, C, HC if HC is not None else dummy, dA, dSG if dSG is not None else dummy, dh, dc,
+                        ex if ex is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
+    dW, dh0, dp, dR = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg)
+    return dA, dW, dh0, dc, dp, dR
