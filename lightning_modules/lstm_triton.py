@@ -268,3 +268,33 @@ def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | No
                         ex if ex is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
     dW, dh0, dp, dR = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg)
     return dA, dW, dh0, dc, dp, dR
+
+
+if triton is not None:
+
+    @triton.jit
+    def _cell_point(Gt, C, Hn, Cn, N, H, BLOCK: tl.constexpr):
+        """One LSTM step's gate arithmetic for sampling: Gt (n, 4H) pre-activations in
+        torch.nn.LSTM's order (i, f, C~, o); C (n, H) -> Hn, Cn (n, H)."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        b = offs // H
+        j = offs % H
+        row = Gt + b * (4 * H) + j
+        i = tl.sigmoid(tl.load(row, mask=m).to(tl.float32))
+        f = tl.sigmoid(tl.load(row + H, mask=m).to(tl.float32))
+        g = _tanh(tl.load(row + 2 * H, mask=m).to(tl.float32))
+        o = tl.sigmoid(tl.load(row + 3 * H, mask=m).to(tl.float32))
+        c = f * tl.load(C + offs, mask=m).to(tl.float32) + i * g
+        tl.store(Cn + offs, c.to(Cn.dtype.element_ty), mask=m)
+        tl.store(Hn + offs, (o * _tanh(c)).to(Hn.dtype.element_ty), mask=m)
+
+
+def lstm_cell_point(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """(h_t, C_t) from the pre-activations (n, 4H) and C_{t-1} (n, H), one kernel:
+    C_t = sigma(f) C_{t-1} + sigma(i) tanh(C~), h_t = sigma(o) tanh(C_t)."""
+    n, H = c.shape
+    gates, c = gates.contiguous(), c.contiguous()
+    h_new, c_new = torch.empty_like(c), torch.empty_like(c)
+    _cell_point[(triton.cdiv(n * H, BLOCK),)](gates, c, h_new, c_new, n * H, H, BLOCK=BLOCK)
+    return h_new, c_new

@@ -8,13 +8,17 @@ For the fused cells (rnn, lstm, gru) each step runs `FastStep`: the cell equatio
 the fused weights, with the first layer's input projection looked up in a precomputed
 (vocab x gates) table (W_ih . E[x] + b for every token x). On a CPU a one-token call of
 torch.nn.LSTM costs far more than its arithmetic (the oneDNN kernel prepares its weights
-on every call), so this is several times faster (bench/sample_speed.py).
+on every call), so this is several times faster (bench/sample_speed.py). On a GPU the steps
+run in chunks, each replayed as one CUDA graph (`sampling_graph.ChunkSampler`), because
+there a token's dozen kernels cost more to launch than to run.
 """
 from __future__ import annotations
 
 import torch
 
+from lightning_modules import lstm_triton
 from lightning_modules.lm import CharRNN
+from lightning_modules.sampling_graph import CHUNK, ChunkSampler
 from lightning_modules.vocab import Vocab
 
 
@@ -23,11 +27,15 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}; use argmax for greedy decoding")
 
 
-FAST_MAX_STREAMS = 32  # above this the fused kernel's batching wins (bench/sample_speed.py)
+FAST_MAX_STREAMS = 32  # CPU: above this the fused kernel's batching wins (bench/sample_speed.py)
 
 
 class FastStep:
-    """One recurrent step of a fused RNN/LSTM/GRU stack, for token ids, from plain tensors."""
+    """One recurrent step of a fused RNN/LSTM/GRU stack, for token ids, from plain tensors.
+
+    LSTM and RNN fold both biases into the input part (b_ih + b_hh), so a layer is two matmuls
+    (layer 1: a table row and one matmul) and the gate arithmetic; on a GPU with Triton the
+    LSTM's gate arithmetic is one kernel (`lstm_triton.lstm_cell_point`)."""
 
     def __init__(self, model: CharRNN):
         rnn = model.rnn.rnn
@@ -37,31 +45,42 @@ class FastStep:
         self.w_hh = [p[f"weight_hh_l{k}"].t() for k in range(self.L)]
         self.b_ih = [p[f"bias_ih_l{k}"] for k in range(self.L)]
         self.b_hh = [p[f"bias_hh_l{k}"] for k in range(self.L)]
+        if self.kind != "gru":  # GRU keeps b_hh apart: its reset gate scales W_hn h + b_hn only
+            self.b_ih = [bi + bh for bi, bh in zip(self.b_ih, self.b_hh)]
         emb = model.encoder.weight.detach()  # (V, E): Embedding and OneHotInput alike
         self.table = torch.addmm(self.b_ih[0], emb, self.w_ih[0])  # (V, G*H): layer 1's input part
         self.head_w, self.head_b = model.head.weight.detach().t(), model.head.bias.detach()
+        self.triton = self.kind == "lstm" and lstm_triton.usable(self.table)
 
-    def __call__(self, ids: torch.Tensor, state: tuple[torch.Tensor, ...]):
-        """ids (B,) -> logits (B, V), new state (tuple of (L, B, H))."""
-        hs = list(state[0].unbind(0))
-        cs = list(state[1].unbind(0)) if self.kind == "lstm" else None
+    def layers(self, ids: torch.Tensor, hs: list, cs: list | None) -> torch.Tensor:
+        """ids (B,) -> logits (B, V); hs, cs: per-layer (B, H) states, replaced in place in the lists."""
         x = None
         for k in range(self.L):
             gi = self.table.index_select(0, ids) if k == 0 else torch.addmm(self.b_ih[k], x, self.w_ih[k])
-            gh = torch.addmm(self.b_hh[k], hs[k], self.w_hh[k])
             if self.kind == "lstm":  # rows i, f, g (C~), o
-                i, f, g, o = (gi + gh).chunk(4, 1)
-                cs[k] = torch.sigmoid(f) * cs[k] + torch.sigmoid(i) * torch.tanh(g)
-                hs[k] = torch.sigmoid(o) * torch.tanh(cs[k])
+                gates = torch.addmm(gi, hs[k], self.w_hh[k])
+                if self.triton:
+                    hs[k], cs[k] = lstm_triton.lstm_cell_point(gates, cs[k])
+                else:
+                    i, f, g, o = gates.chunk(4, 1)
+                    cs[k] = torch.sigmoid(f) * cs[k] + torch.sigmoid(i) * torch.tanh(g)
+                    hs[k] = torch.sigmoid(o) * torch.tanh(cs[k])
             elif self.kind == "gru":  # rows r, z, n (torch's z)
+                gh = torch.addmm(self.b_hh[k], hs[k], self.w_hh[k])
                 ir, iz, i_n = gi.chunk(3, 1)
                 hr, hz, hn = gh.chunk(3, 1)
                 r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
                 hs[k] = (1 - z) * torch.tanh(i_n + r * hn) + z * hs[k]
             else:
-                hs[k] = torch.tanh(gi + gh)
+                hs[k] = torch.tanh(torch.addmm(gi, hs[k], self.w_hh[k]))
             x = hs[k]
-        logits = torch.addmm(self.head_b, x, self.head_w)
+        return torch.addmm(self.head_b, x, self.head_w)
+
+    def __call__(self, ids: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """ids (B,) -> logits (B, V), new state (tuple of (L, B, H))."""
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if self.kind == "lstm" else None
+        logits = self.layers(ids, hs, cs)
         new = (torch.stack(hs), torch.stack(cs)) if cs is not None else (torch.stack(hs),)
         return logits, new
 
@@ -77,15 +96,20 @@ def sample_ids(
     n: int = 1,
     seed: int | None = None,
     fast: bool = True,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """(n, length) new token ids following `prime` (a non-empty list of ids).
 
-    fast=False runs every step through the model's own forward (the reference path)."""
+    fast=False runs every step through the model's own forward (the reference path).
+    chunk: tokens per `ChunkSampler` call (Gumbel-max, one CUDA graph per chunk on a GPU);
+    None: chunks of `sampling_graph.CHUNK` on a GPU, token by token (torch.multinomial) on a CPU."""
     check_temperature(temperature)
     if not prime:
         raise ValueError("the prime must hold at least one token")
     if length < 0 or n < 1:
         raise ValueError(f"need length >= 0 and n >= 1, got {length} and {n}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1 token, got {chunk}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -94,9 +118,14 @@ def sample_ids(
     x = torch.tensor(prime, device=device).repeat(n, 1)
     logits, state = model(x)
     last = logits[:, -1].float()
-    if fast and n <= FAST_MAX_STREAMS and model.rnn.fused and next(model.parameters()).dtype == torch.float32:
+    gpu = device.type == "cuda"
+    if fast and (n <= FAST_MAX_STREAMS or gpu or chunk is not None) and model.rnn.fused and next(model.parameters()).dtype == torch.float32:
         step = FastStep(model)
         state = tuple(s.float() for s in state)
+        if chunk is not None or gpu:
+            ids = ChunkSampler(step, last, state, temperature, top_k, argmax, g, chunk or CHUNK).run(length)
+            model.train(was_training)
+            return ids
     else:
         def step(ids, st):
             lg, st = model(ids[:, None], st)

@@ -150,3 +150,41 @@ def test_fast_sampling_step_equals_the_model(cell):
         fast = sample_ids(m, [1, 2, 3], 40, argmax=True, n=2)
         slow = sample_ids(m, [1, 2, 3], 40, argmax=True, n=2, fast=False)
         assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunked_sampling_argmax_equals_the_model(cell):
+    """The chunk body (what a GPU replays as a CUDA graph) runs eagerly on the CPU: with
+    argmax it must pick the reference path's tokens, over chunk borders and lengths that
+    are not a multiple of the chunk."""
+    torch.manual_seed(1)
+    m = CharRNN(30, cell, hidden=24, layers=3).eval()
+    slow = sample_ids(m, [4, 5, 6], 45, argmax=True, n=3, fast=False)
+    for chunk in (1, 8, 64):
+        assert torch.equal(sample_ids(m, [4, 5, 6], 45, argmax=True, n=3, chunk=chunk), slow), chunk
+    assert sample_ids(m, [4], 0, chunk=8).shape == (1, 0)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        sample_ids(m, [4], 5, chunk=0)
+
+
+def test_chunked_sampling_draws_from_softmax_over_temperature():
+    """Gumbel-max: argmax(z / T + g), g = -log(-log u), is a sample of softmax(z / T).
+    Checked on the first token of 40,000 streams against the model's own distribution;
+    with top_k, tokens outside the k largest never appear. Seeded: the same seed, the same ids."""
+    torch.manual_seed(2)
+    m = CharRNN(12, "lstm", hidden=16, layers=1).eval()
+    with torch.no_grad():  # spread-out logits, so that temperature and noise shape matter
+        m.head.weight.mul_(0.1)
+        m.head.bias.copy_(torch.linspace(-2.5, 2.5, 12))
+        prime, n = [3, 1], 40_000
+        z = m(torch.tensor([prime]))[0][0, -1]
+    for temp in (0.7, 1.5):
+        ids = sample_ids(m, prime, 1, temperature=temp, n=n, chunk=4, seed=3)[:, 0]
+        freq = torch.bincount(ids, minlength=12).double() / n
+        p = torch.softmax(z.double() / temp, -1)
+        assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3, (temp, freq, p)
+    top = sample_ids(m, prime, 1, temperature=1.0, top_k=3, n=5000, chunk=4, seed=3)[:, 0]
+    assert set(top.tolist()) <= set(z.topk(3).indices.tolist())
+    a = sample_ids(m, prime, 20, n=2, chunk=8, seed=11)
+    assert torch.equal(a, sample_ids(m, prime, 20, n=2, chunk=8, seed=11))
+    assert not torch.equal(a, sample_ids(m, prime, 20, n=2, chunk=8, seed=12))

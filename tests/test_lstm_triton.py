@@ -64,3 +64,25 @@ def test_fused_kernels_match_torch_ops_for_every_variant():
     r = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "worst" in r.stdout
+
+
+CELL_POINT = r"""
+import torch
+from lightning_modules import lstm_triton
+torch.manual_seed(0)
+gates, c = torch.randn(3, 4 * 40) * 2, torch.randn(3, 40)
+h, cn = lstm_triton.lstm_cell_point(gates, c)
+i, f, g, o = gates.chunk(4, 1)
+c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+h_ref = torch.sigmoid(o) * torch.tanh(c_ref)
+d = max((cn - c_ref).abs().max().item(), (h - h_ref).abs().max().item())
+print("worst", d)
+assert d < 1e-5
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed (CPU-only torch)")
+def test_sampling_cell_kernel_matches_torch_ops():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", CELL_POINT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
