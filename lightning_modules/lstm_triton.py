@@ -65,7 +65,7 @@ if triton is not None:
     def _tanh(x):
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["t"])  # one compiled kernel for every step
     def _fwd_step(A, C, Y, HC, SG, Rb, PI, PF, PO, t, T, H, N,
                   KI: tl.constexpr, KF: tl.constexpr, KG: tl.constexpr, KO: tl.constexpr,
                   RI: tl.constexpr, RF: tl.constexpr, RO: tl.constexpr, INPUT_ACT: tl.constexpr,
@@ -129,7 +129,7 @@ if triton is not None:
             if RO >= 0:
                 tl.store(sg_row + RO * H, o.to(SG.dtype.element_ty), mask=m)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["t"])  # one compiled kernel for every step
     def _bwd_step(A, C, HC, DA, DSG, DH, DC, EX, PI, PF, PO, t, T, H, N,
                   KI: tl.constexpr, KF: tl.constexpr, KG: tl.constexpr, KO: tl.constexpr,
                   RI: tl.constexpr, RF: tl.constexpr, RO: tl.constexpr, INPUT_ACT: tl.constexpr,

@@ -86,3 +86,39 @@ def test_sampling_cell_kernel_matches_torch_ops():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", CELL_POINT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+COMPILE = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lightning_modules import lstm_triton as L
+from lightning_modules.cells import LSTMCell
+from lightning_modules.names import LSTM_NAMES
+
+def signature(fn, pointers, ints, consts):
+    return {a: "*fp32" if a in pointers else "i32" if a in ints else "constexpr" for a in fn.arg_names}
+
+n = 0
+for name in LSTM_NAMES:
+    fl = L._flags(LSTMCell(4, 8, name).layout())
+    consts = dict(fl, G=4 - sum(fl[k] < 0 for k in ("KI", "KF", "KO")), K=sum(fl[k] >= 0 for k in ("RI", "RF", "RO")), BLOCK=L.BLOCK)
+    for fn, ptrs in ((L._fwd_step, "A C Y HC SG Rb PI PF PO"), (L._bwd_step, "A C HC DA DSG DH DC EX PI PF PO")):
+        src = ASTSource(fn=fn, signature=signature(fn, ptrs.split(), ["t", "T", "H", "N"], consts), constexprs=consts)
+        assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
+        n += 1
+src = ASTSource(fn=L._cell_point, signature=signature(L._cell_point, ["Gt", "C", "Hn", "Cn"], ["N", "H"], {}), constexprs={"BLOCK": L.BLOCK})
+assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
+print("compiled", n + 1)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed (CPU-only torch)")
+def test_kernels_compile_for_an_h100(tmp_path):
+    """The interpreter runs the kernels' Python; this runs Triton's real compiler down to an
+    sm_90 (H100) binary, every variant, with no GPU needed (ptxas ships with Triton)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "compiled 21" in r.stdout
