@@ -32,17 +32,19 @@ Backward, t = T .. 1 (d = dL/d, sigma' = s (1 - s), tanh' = 1 - tanh^2):
 
 The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32). On a
 GPU with Triton the per-step gate arithmetic runs as one fused kernel (`lstm_triton`, the
-same equations and buffers); elsewhere, as the torch operations below.
+same equations and buffers), and with LSTM_GRAPH=1 each whole call is replayed as a CUDA
+graph (`lstm_graph`); elsewhere it runs as the torch operations below.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lightning_modules import lstm_triton
+from lightning_modules import lstm_graph, lstm_triton
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,13 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
     return dW, dh0, dp, dR
 
 
+def _impl(x: Tensor, torch_ops, fused):
+    """The torch-op version, the fused Triton one (CUDA), or that one replayed as a CUDA graph."""
+    if lstm_graph.enabled(x):
+        return partial(lstm_graph.run, fused)
+    return fused if lstm_triton.usable(x) else torch_ops
+
+
 class LSTMSequence(torch.autograd.Function):
     """y, h_T, C_T = LSTMSequence.apply(layout, xw, W_h, h_0, C_0, p_i, p_f, p_o, R)."""
 
@@ -259,8 +268,7 @@ class LSTMSequence(torch.autograd.Function):
         cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
         xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
         peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
-        fwd = lstm_triton.lstm_forward if lstm_triton.usable(xw_) else lstm_forward
-        Y, C, HC, SG, A = fwd(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
+        Y, C, HC, SG, A = _impl(xw_, lstm_forward, lstm_triton.lstm_forward)(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
         ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
         ctx.peep_names = tuple(peep)
         ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
@@ -273,8 +281,7 @@ class LSTMSequence(torch.autograd.Function):
         peep = dict(zip(ctx.peep_names, pv))
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
-        bwd = lstm_triton.lstm_backward if lstm_triton.usable(A) else lstm_backward
-        dA, dW, dh0, dc0, dp, dR = bwd(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
+        dA, dW, dh0, dc0, dp, dR = _impl(A, lstm_backward, lstm_triton.lstm_backward)(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
                                        dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
         x_dt, w_dt, h_dt, c_dt = ctx.dtypes
         g = lambda n: dp[n].to(w_dt) if n in dp else None  # noqa: E731

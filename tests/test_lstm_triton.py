@@ -1,6 +1,11 @@
-"""The fused Triton kernels (lightning_modules/lstm_triton.py) against the torch-op BPTT of
-lstm_seq, every LSTM variant, values and gradients. Triton's interpreter runs the kernels
-on the CPU (TRITON_INTERPRET=1, set before triton is imported: hence the subprocess)."""
+"""The GPU paths of the equation LSTM, checked on the CPU.
+
+- The fused Triton kernels (lightning_modules/lstm_triton.py) against the torch-op BPTT of
+  lstm_seq, every LSTM variant, values and gradients: Triton's interpreter runs the kernels
+  on the CPU (TRITON_INTERPRET=1, set before triton is imported: hence the subprocess).
+- The same kernels through Triton's real compiler to an H100 binary.
+- The CUDA-graph plumbing (lightning_modules/lstm_graph.py) with an eager stand-in for the graph.
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from lightning_modules import lstm_graph, lstm_seq
+from lightning_modules.cells import LSTMCell
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,3 +131,41 @@ def test_kernels_compile_for_an_h100(tmp_path):
     r = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "compiled 21" in r.stdout
+
+
+def test_graph_plumbing_copies_in_replays_and_clones_out():
+    lstm_graph.clear()
+    torch.manual_seed(0)
+    cell = LSTMCell(5, 6, "lstm-fgr")
+    lay, B, T, H = cell.layout(), 3, 4, 6
+    w_hh, w_gg = cell.weight_hh.detach(), cell.weight_gg.detach()
+    peep = {n: p.detach() for n, p in cell.peep.items()}
+
+    def args(seed, b=B):
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(b, T, 4 * H, generator=g), torch.randn(b, H, generator=g), torch.randn(b, H, generator=g))
+
+    first = None
+    for seed in (1, 2):
+        xw, h0, c0 = args(seed)
+        want = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+        got = lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, replay_cls=lstm_graph.EagerReplay)
+        assert all(torch.equal(a, b) for a, b in zip(want, got))  # new inputs reached the replay
+        dY, dh, dc = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)
+        gw = lstm_seq.lstm_backward(lay, want, peep, w_hh, w_gg, h0, dY, dh, dc)
+        gg = lstm_graph.run(lstm_seq.lstm_backward, lay, got, peep, w_hh, w_gg, h0, dY, dh, dc, replay_cls=lstm_graph.EagerReplay)
+        for a, b in zip(gw, gg):
+            if isinstance(a, dict):
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            else:
+                assert torch.equal(a, b)
+        if first is None:
+            first = (got[0].clone(), got[0])
+    assert torch.equal(*first)  # what a call returned is not overwritten by the next replay
+    assert len(lstm_graph._GRAPHS) == 2  # forward and backward, each captured once
+    for b in range(2, 2 + lstm_graph.MAX_GRAPHS):  # new shapes: new graphs, the oldest dropped
+        xw, h0, c0 = args(0, b)
+        lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, replay_cls=lstm_graph.EagerReplay)
+    assert len(lstm_graph._GRAPHS) == lstm_graph.MAX_GRAPHS
+    assert not lstm_graph.enabled(torch.zeros(1))  # CPU tensors never take the graph path
+    lstm_graph.clear()
