@@ -7,6 +7,7 @@ batches a straight run would have seen, on any number of ranks:
   T+1 tokens at offsets drawn by a generator seeded with (seed, s). With W ranks, rank r
   takes windows [r*B/W, (r+1)*B/W): W ranks at B/W each see the same B windows as one
   rank at B.
+  On a GPU the split lives on the device and windows are gathered there.
 - `Streams` (truncated BPTT, and evaluation): the split is cut into B contiguous streams,
   as char-rnn and torch-rnn do; batch c holds the c-th chunk of every stream, so the
   hidden state of one batch is the right start for the next. `reset` marks a batch that
@@ -74,12 +75,21 @@ class RandomWindows(_StepAddressed):
         self.local = batch // world
         self.arange = torch.arange(seq_len + 1)
 
+    def to(self, device) -> "RandomWindows":
+        """Keep the split on `device` (a GPU): each batch is then gathered there, and only the
+        B offsets cross from the host, asynchronously (no host-device sync per step)."""
+        self.data, self.arange = self.data.to(device), self.arange.to(device)
+        return self
+
     def batch_at(self, step: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # the same windows on any device
         starts = torch.randint(0, len(self.data) - self.seq_len - 1, (self.batch,), generator=g)
         starts = starts[self.rank * self.local : (self.rank + 1) * self.local]
+        if self.data.is_cuda:
+            starts = starts.pin_memory().to(self.data.device, non_blocking=True)
         w = self.data[starts[:, None] + self.arange].long()
         return w[:, :-1], w[:, 1:], False
+
 
 class Streams(_StepAddressed):
     """B contiguous streams read chunk by chunk; for TBPTT the walk repeats for `steps`."""
@@ -98,6 +108,11 @@ class Streams(_StepAddressed):
         self.per_pass = -(-self.length // self.chunk) if steps is None else self.length // self.chunk
         self.steps = self.per_pass if steps is None else steps
         self.start = 0
+
+    def to(self, device) -> "Streams":
+        """Keep the streams on `device`: batches are slices there, nothing crosses per step."""
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        return self
 
     def batch_at(self, step: int):
         c = step % self.per_pass
@@ -154,6 +169,9 @@ class TextDataModule(L.LightningDataModule):
             it = Streams(data, self.batch_size, self.k1, self.steps, rank, world)
         if self.trainer is not None:
             it._position = lambda: self.trainer.global_step
+            device = self.trainer.strategy.root_device
+            if device.type == "cuda":
+                it.to(device)
         return it
 
     def _eval(self, split: str):

@@ -188,3 +188,18 @@ def test_chunked_sampling_draws_from_softmax_over_temperature():
     a = sample_ids(m, prime, 20, n=2, chunk=8, seed=11)
     assert torch.equal(a, sample_ids(m, prime, 20, n=2, chunk=8, seed=11))
     assert not torch.equal(a, sample_ids(m, prime, 20, n=2, chunk=8, seed=12))
+
+
+def test_batches_moved_to_a_device_are_the_same_batches():
+    """`.to(device)` keeps the split where the model is (a GPU: no host-device copy per step);
+    the windows and streams stay exactly the ones the step index gives."""
+    from lightning_modules.data import RandomWindows, Streams
+
+    data = torch.arange(5000, dtype=torch.int64) % 97
+    a, b = RandomWindows(data, 8, 16, 10, seed=3), RandomWindows(data, 8, 16, 10, seed=3).to("cpu")
+    s, t = Streams(data, 4, 32, 10), Streams(data, 4, 32, 10).to("cpu")
+    for step in (0, 7):
+        for x, y in ((a.batch_at(step), b.batch_at(step)), (s.batch_at(step), t.batch_at(step))):
+            assert all(torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(x, y))
+    x, y, _ = b.batch_at(4)
+    assert x.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1]) and not torch.equal(x, a.batch_at(5)[0])
