@@ -167,3 +167,18 @@ def _params_file(tmp_path, study, values):
     f = tmp_path / f"params-{study}.yaml"
     f.write_text(yaml.safe_dump(p))
     return f
+
+
+def test_variants_reading_cites_only_the_variants_that_ran():
+    from studies.variants import reading
+
+    def summary(names, trials):
+        return pd.DataFrame({"variant": names, "trials": trials, "median": 8.7, "best": [8.5 + 0.01 * k for k in range(len(names))],
+                             "significant (p<0.05)": [False] + [True] * (len(names) - 1), "worse than V": [False] + [True] * (len(names) - 1)})
+
+    chung = reading("jsb", summary(["V", "GRU", "RNN"], 20), "NLL")
+    assert "Significantly worse than V (Welch's t-test, p < 0.05): GRU, RNN." in chung
+    assert "NOAF" not in chung and "Chung et al. 2014" in chung
+    greff = reading("jsb", summary(["V", "NOAF", "NFG"], 20), "NLL")
+    assert "Greff et al. found NOAF and NFG" in greff
+    assert "little power" in reading("jsb", summary(["V", "NOAF"], 4), "NLL")
