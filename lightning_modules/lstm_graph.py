@@ -8,7 +8,9 @@ whole call once (per layout, shape and dtype) and replays them with one launch: 
 copied into the graph's static buffers, outputs cloned out of them (so three layers of one
 shape can share a graph, and what backward saves is never overwritten).
 
-Opt-in until measured on a GPU (bench/cell_speed.py has a row for it). The plumbing
+Opt-in until measured on a GPU (bench/cell_speed.py has a row for it); never under
+torch.inference_mode (evaluation, sampling), whose tensors a graph kept for training could
+not write. The plumbing
 (flatten, copy in, replay, clone out, cache) is tested on the CPU with `EagerReplay`
 standing in for `torch.cuda.CUDAGraph`.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
@@ -51,7 +54,7 @@ class CudaReplay:
     compiles the kernels and sets up cuBLAS)."""
 
     def capture(self, fn, args):
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # on the current device: `run` sets it to the tensors' one
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             fn(*args)
@@ -79,7 +82,10 @@ def run(fn, *args, replay_cls=None):
     leaves, spec = tree_flatten(args)
     key = _key(fn, leaves, spec)
     entry = _GRAPHS.get(key)
-    with torch.autocast("cuda", enabled=False):  # the function casts itself; autocast's weight cache must stay out of a graph
+    dev = next(t.device for t in leaves if isinstance(t, Tensor))
+    # the function casts itself (autocast's weight cache must stay out of a graph); streams,
+    # graph and kernels on the tensors' GPU, whichever device is current
+    with torch.autocast("cuda", enabled=False), (torch.cuda.device(dev) if dev.type == "cuda" else nullcontext()):
         if entry is None:
             static = [t.clone() if isinstance(t, Tensor) else t for t in leaves]
             rec = (replay_cls or CudaReplay)()

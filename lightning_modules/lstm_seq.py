@@ -254,7 +254,7 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
 
 def _impl(x: Tensor, torch_ops, fused):
     """The torch-op version, the fused Triton one (CUDA), or that one replayed as a CUDA graph."""
-    if lstm_graph.enabled(x):
+    if lstm_graph.enabled(x) and not torch.is_inference_mode_enabled():  # a graph kept across modes breaks
         return partial(lstm_graph.run, fused)
     return fused if lstm_triton.usable(x) else torch_ops
 

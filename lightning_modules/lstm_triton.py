@@ -27,6 +27,8 @@ with e = R^T da_{t+1}[i, f, o] (FGR only; also a matmul outside). tanh is writte
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -208,8 +210,25 @@ if triton is not None:
         tl.store(DC + offs, dc_prev.to(DC.dtype.element_ty), mask=m)
 
 
+def _check_size(x: Tensor) -> None:
+    if x.numel() >= 2**31:  # the kernels index with 32-bit offsets
+        raise ValueError(f"a {tuple(x.shape)} gate buffer is too large for the fused kernels (2^31 elements); "
+                         "use a smaller batch or sequence, or LSTM_TRITON=0")
+
+
+def on_device(fn):
+    """Run `fn` with the tensors' GPU current: Triton launches on the current device."""
+    @functools.wraps(fn)
+    def wrapped(lay, x, *args):
+        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+            return fn(lay, x, *args)
+    return wrapped
+
+
+@on_device
 def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
+    _check_size(xw)
     B, T, GH = xw.shape
     H = lay.H
     k = len(lay.sig_names)
@@ -241,6 +260,11 @@ def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: di
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
                   dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
+    with torch.cuda.device(h0.device) if h0.is_cuda else contextlib.nullcontext():
+        return _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT)
+
+
+def _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT):
     from lightning_modules.lstm_seq import weight_grads
 
     Y, C, HC, SG, A = saved
@@ -295,6 +319,8 @@ def lstm_cell_point(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     C_t = sigma(f) C_{t-1} + sigma(i) tanh(C~), h_t = sigma(o) tanh(C_t)."""
     n, H = c.shape
     gates, c = gates.contiguous(), c.contiguous()
+    _check_size(gates)
     h_new, c_new = torch.empty_like(c), torch.empty_like(c)
-    _cell_point[(triton.cdiv(n * H, BLOCK),)](gates, c, h_new, c_new, n * H, H, BLOCK=BLOCK)
+    with torch.cuda.device(c.device) if c.is_cuda else contextlib.nullcontext():
+        _cell_point[(triton.cdiv(n * H, BLOCK),)](gates, c, h_new, c_new, n * H, H, BLOCK=BLOCK)
     return h_new, c_new

@@ -114,7 +114,10 @@ def sample_ids(
     model.eval()
     device = next(model.parameters()).device
     g = torch.Generator(device=device)
-    g.manual_seed(seed if seed is not None else torch.seed())
+    if seed is not None:
+        g.manual_seed(seed)
+    else:
+        g.seed()  # a fresh seed for this generator only; the global RNGs are left alone
     x = torch.tensor(prime, device=device).repeat(n, 1)
     logits, state = model(x)
     last = logits[:, -1].float()

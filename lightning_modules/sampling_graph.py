@@ -37,7 +37,8 @@ class ChunkSampler:
         self.ids = torch.zeros(chunk, n, dtype=torch.long, device=last.device)
         self.graph = None
         if graph if graph is not None else last.is_cuda:
-            self._capture()
+            with torch.cuda.device(last.device):  # stream, graph and kernels on the tensors' GPU
+                self._capture()
 
     def _body(self) -> None:
         """K steps from the buffers: token k = argmax(last / T + noise[k]); then one step."""

@@ -203,3 +203,13 @@ def test_batches_moved_to_a_device_are_the_same_batches():
             assert all(torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(x, y))
     x, y, _ = b.batch_at(4)
     assert x.shape == (8, 16) and torch.equal(x[:, 1:], y[:, :-1]) and not torch.equal(x, a.batch_at(5)[0])
+
+
+def test_unseeded_sampling_leaves_the_global_rng_alone():
+    m = CharRNN(10, "lstm", hidden=8, layers=1).eval()
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    sample_ids(m, [1, 2], 5)
+    sample_ids(m, [1, 2], 5, chunk=4)
+    assert torch.equal(torch.rand(3), want)

@@ -105,15 +105,15 @@ from lightning_modules import lstm_triton as L
 from lightning_modules.cells import LSTMCell
 from lightning_modules.names import LSTM_NAMES
 
-def signature(fn, pointers, ints, consts):
-    return {a: "*fp32" if a in pointers else "i32" if a in ints else "constexpr" for a in fn.arg_names}
+def signature(fn, pointers, ints, consts, ptr="*fp32"):
+    return {a: ptr if a in pointers else "i32" if a in ints else "constexpr" for a in fn.arg_names}
 
 n = 0
-for name in LSTM_NAMES:
+for name, ptr in [(v, "*fp32") for v in LSTM_NAMES] + [("lstm-v", "*bf16")]:  # bf16: a bf16-true model's buffers
     fl = L._flags(LSTMCell(4, 8, name).layout())
     consts = dict(fl, G=4 - sum(fl[k] < 0 for k in ("KI", "KF", "KO")), K=sum(fl[k] >= 0 for k in ("RI", "RF", "RO")), BLOCK=L.BLOCK)
     for fn, ptrs in ((L._fwd_step, "A C Y HC SG Rb PI PF PO"), (L._bwd_step, "A C HC DA DSG DH DC EX PI PF PO")):
-        src = ASTSource(fn=fn, signature=signature(fn, ptrs.split(), ["t", "T", "H", "N"], consts), constexprs=consts)
+        src = ASTSource(fn=fn, signature=signature(fn, ptrs.split(), ["t", "T", "H", "N"], consts, ptr), constexprs=consts)
         assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm
         n += 1
 src = ASTSource(fn=L._cell_point, signature=signature(L._cell_point, ["Gt", "C", "Hn", "Cn"], ["N", "H"], {}), constexprs={"BLOCK": L.BLOCK})
@@ -130,7 +130,7 @@ def test_kernels_compile_for_an_h100(tmp_path):
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert "compiled 21" in r.stdout
+    assert "compiled 23" in r.stdout
 
 
 def test_graph_plumbing_copies_in_replays_and_clones_out():
@@ -169,3 +169,11 @@ def test_graph_plumbing_copies_in_replays_and_clones_out():
     assert len(lstm_graph._GRAPHS) == lstm_graph.MAX_GRAPHS
     assert not lstm_graph.enabled(torch.zeros(1))  # CPU tensors never take the graph path
     lstm_graph.clear()
+
+
+def test_fused_kernels_refuse_buffers_their_32_bit_offsets_cannot_address():
+    from lightning_modules import lstm_triton
+
+    lstm_triton._check_size(torch.empty(2**31 - 1, device="meta"))
+    with pytest.raises(ValueError, match="too large for the fused kernels.*LSTM_TRITON=0"):
+        lstm_triton._check_size(torch.empty(128, 4096, 4096, device="meta"))
