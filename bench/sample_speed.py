@@ -7,7 +7,8 @@ Baseline in the same run: every step through the model's own forward (one call o
 torch.nn.LSTM per token). Project: `sample_ids`'s default path. CPU: `FastStep` up to 32
 streams (cell equations on the fused weights, the first layer's input projection
 precomputed per token). GPU: `FastStep` in chunks of 32 tokens, each chunk one CUDA graph
-replay (`lightning_modules/sampling_graph.py`; the capture is inside the timed call).
+replay (`lightning_modules/sampling_graph.py`; the capture is inside the timed call, and a
+last row gives the batch-1 rate beyond each call's fixed costs).
 Speed does not depend on the weights,
 so a freshly initialised model of the right size is used. Writes bench/out/sample_<device>.json.
 """
@@ -28,15 +29,27 @@ from lightning_modules.lm import CharRNN  # noqa: E402
 from lightning_modules.sampling import FAST_MAX_STREAMS, sample_ids  # noqa: E402
 
 
-def rate(model, n, length, fast, device):
-    sample_ids(model, [1, 2, 3], 5, n=n, seed=0, fast=fast)  # warm-up
+def seconds(model, n, length, fast, device):
     if device == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
     sample_ids(model, [1, 2, 3], length, n=n, seed=0, fast=fast)
     if device == "cuda":
         torch.cuda.synchronize()
-    return n * length / (time.perf_counter() - t)
+    return time.perf_counter() - t
+
+
+def rate(model, n, length, fast, device):
+    sample_ids(model, [1, 2, 3], 5, n=n, seed=0, fast=fast)  # warm-up
+    return n * length / seconds(model, n, length, fast, device)
+
+
+def marginal_rate(model, length, device):
+    """Batch 1, the project's path: tokens per second beyond a call's fixed costs (prime,
+    set-up, on a GPU the graph capture), from calls of `length` and 3 x `length` tokens."""
+    short = min(seconds(model, 1, length, True, device) for _ in range(3))
+    long = min(seconds(model, 1, 3 * length, True, device) for _ in range(3))
+    return 2 * length / (long - short) if long > short else None  # None: lost in the noise
 
 
 def main():
@@ -57,6 +70,8 @@ def main():
             fast = max(fast, rate(model, n, length, True, a.device))
         res[f"batch{n}"] = {"eager_chars_per_s": round(base), "fast_chars_per_s": round(fast), "ratio": round(fast / base, 2),
                             "same_path": n > FAST_MAX_STREAMS and a.device == "cpu"}
+    m = marginal_rate(model, a.length, a.device)
+    res["batch1"]["marginal_chars_per_s"] = round(m) if m else None
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"sample_{a.device}.json").write_text(json.dumps(res, indent=1))
@@ -65,6 +80,8 @@ def main():
         r = res[f"batch{n}"]
         note = f" (above {FAST_MAX_STREAMS} streams both use the fused kernel)" if r["same_path"] else ""
         print(f"| {n} stream{'s' if n > 1 else ''} | {r['eager_chars_per_s']:,} chars/s | {r['fast_chars_per_s']:,} chars/s | {r['ratio']}x{note} |")
+    print(f"| 1 stream, beyond a call's fixed costs (from {a.length} and {3 * a.length} tokens) | | "
+          f"{(format(m, ',.0f') + ' chars/s') if m else 'not measurable (noise)'} | |")
 
 
 if __name__ == "__main__":
