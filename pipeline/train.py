@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
@@ -112,13 +113,19 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
             "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
         }
         write_json(out / "run.json", summary)
-    png = plot_curves(curve_dir, curve_dir / "loss_curve.png", f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
+    try:
+        png = plot_curves(curve_dir, curve_dir / "loss_curve.png", f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
+    except ModuleNotFoundError as e:  # a bare GPU box: torch and Lightning only
+        if e.name != "matplotlib":
+            raise
+        png = None
+        print("note: matplotlib is not installed, so no loss_curve.png; the curves are in the CSV files", file=sys.stderr)
     if run_id:
         best = models_root / corpus / "best.ckpt"
         name = f"charlm-{corpus}" if params.tracking.register else None
         version = tracking.log_model(uri, run_id, best, models_root / corpus / "vocab.json", tp.seq_len, name)
         tracking.log_artifacts(
-            uri, run_id, [models_root / corpus / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"],
+            uri, run_id, [f for f in (models_root / corpus / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv") if f],
             {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
             r["steps"],
         )

@@ -125,3 +125,37 @@ def test_bad_params_are_one_line_errors(tmp_path):
         assert dvc(proj, "repro", "onehot@tiny", env=env).returncode == 0
         e = one_line_error(run_module("pipeline.train", "tiny", "--set", "preset=gpu", cwd=proj, env=env))
         assert "no CUDA device is visible" in e
+
+
+def test_train_runs_on_a_bare_box_without_matplotlib(repro, tmp_path, monkeypatch, capsys):
+    """A GPU box may have torch and Lightning only: with tracking off, training still ends
+    cleanly (model, run.json, CSV curves), skipping only the PNG, and says so. (matplotlib
+    cannot be uninstalled for one test: its import in our plotting is made to fail as it
+    does on such a box.)"""
+    import shutil
+
+    import pipeline.curves
+    from pipeline.config import load_params, parse_sets
+    from pipeline.train import train
+
+    proj, _, _ = repro
+    work = tmp_path / "proj"
+    shutil.copytree(proj, work, ignore=shutil.ignore_patterns(".dvc", ".git", "mlruns", "*.db"))
+    (work / "plots/tiny/loss_curve.png").unlink()
+    monkeypatch.chdir(work)
+
+    def no_matplotlib(*args, **kw):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(pipeline.curves, "plot_curves", no_matplotlib)
+    s = train("tiny", load_params("params.yaml", parse_sets(["tracking.enabled=false", "train.max_steps=10"])))
+    assert s["steps"] == 10 and "matplotlib is not installed" in capsys.readouterr().err
+    assert json.loads((work / "models/tiny/run.json").read_text())["steps"] == 10
+    assert (work / "plots/tiny/val_loss.csv").is_file() and not (work / "plots/tiny/loss_curve.png").exists()
+
+    def other_missing(*args, **kw):
+        raise ModuleNotFoundError("No module named 'PIL'", name="PIL")
+
+    monkeypatch.setattr(pipeline.curves, "plot_curves", other_missing)  # anything else still fails loudly
+    with pytest.raises(ModuleNotFoundError, match="PIL"):
+        train("tiny", load_params("params.yaml", parse_sets(["tracking.enabled=false", "train.max_steps=10"])))
