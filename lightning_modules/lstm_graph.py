@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from lightning_modules import lstm_triton
+
 MAX_GRAPHS = 8  # (function, layout, shapes) kept; the oldest goes first
 
 
 def enabled(x: Tensor) -> bool:
-    from lightning_modules import lstm_triton
-
-    return lstm_triton.usable(x) and os.environ.get("LSTM_GRAPH", "0") == "1"
+    """LSTM_GRAPH=1, the fused path usable, and not under inference mode (a graph kept
+    from there could not write training tensors, nor the other way round)."""
+    return lstm_triton.usable(x) and os.environ.get("LSTM_GRAPH", "0") == "1" and not torch.is_inference_mode_enabled()
 
 
 class EagerReplay:
@@ -82,10 +83,10 @@ def run(fn, *args, replay_cls=None):
     leaves, spec = tree_flatten(args)
     key = _key(fn, leaves, spec)
     entry = _GRAPHS.get(key)
-    dev = next(t.device for t in leaves if isinstance(t, Tensor))
+    first = next(t for t in leaves if isinstance(t, Tensor))
     # the function casts itself (autocast's weight cache must stay out of a graph); streams,
     # graph and kernels on the tensors' GPU, whichever device is current
-    with torch.autocast("cuda", enabled=False), (torch.cuda.device(dev) if dev.type == "cuda" else nullcontext()):
+    with torch.autocast("cuda", enabled=False), lstm_triton.device_of(first):
         if entry is None:
             static = [t.clone() if isinstance(t, Tensor) else t for t in leaves]
             rec = (replay_cls or CudaReplay)()

@@ -161,12 +161,9 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
     ex = None
     sig_idx = _sig_index(lay, A.device) if w_gg is not None else None
     for t in range(T - 1, -1, -1):
-        if t == T - 1:
-            torch.add(dY[:, t], dhT, out=dh) if dhT is not None else dh.copy_(dY[:, t])
-        else:
-            torch.addmm(dY[:, t], dA[:, t + 1], w_hh, out=dh)
-            if w_gg is not None:
-                ex = torch.index_select(dA[:, t + 1], 1, sig_idx) @ w_gg
+        output_grad(t, dY, dhT, dA, w_hh, dh)
+        if w_gg is not None and t < T - 1:
+            ex = torch.index_select(dA[:, t + 1], 1, sig_idx) @ w_gg
         a, d = A[:, t], dA[:, t]
         torch.addcmul(a, a, a, value=-1, out=D)  # s - s^2
         if lay.input_act:
@@ -229,6 +226,14 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
     return dA, dW, dh0, dc, dp, dR
 
 
+def output_grad(t: int, dY: Tensor, dhT: Tensor | None, dA: Tensor, w_hh: Tensor, out: Tensor) -> None:
+    """dh_t = dL/dy_t + W_h^T da_{t+1}, written into `out` (at t = T: + dL/dh_T instead)."""
+    if t == dY.shape[1] - 1:
+        torch.add(dY[:, t], dhT, out=out) if dhT is not None else out.copy_(dY[:, t])
+    else:
+        torch.addmm(dY[:, t], dA[:, t + 1], w_hh, out=out)
+
+
 def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tensor, SG: Tensor | None,
                  h0: Tensor, w_hh: Tensor, peep: dict, w_gg: Tensor | None):
     """After the time loop, each weight gradient as one product over all steps:
@@ -254,7 +259,7 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
 
 def _impl(x: Tensor, torch_ops, fused):
     """The torch-op version, the fused Triton one (CUDA), or that one replayed as a CUDA graph."""
-    if lstm_graph.enabled(x) and not torch.is_inference_mode_enabled():  # a graph kept across modes breaks
+    if lstm_graph.enabled(x):
         return partial(lstm_graph.run, fused)
     return fused if lstm_triton.usable(x) else torch_ops
 

@@ -28,7 +28,6 @@ with e = R^T da_{t+1}[i, f, o] (FGR only; also a matmul outside). tanh is writte
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 
 import torch
@@ -67,6 +66,29 @@ if triton is not None:
     def _tanh(x):
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
+    @triton.jit
+    def _sigmoid_gate(a_ptr, r_ptr, p_ptr, c, m, FGR: tl.constexpr, PEEP: tl.constexpr):
+        """sigma(a [+ r] [+ p * c]), written back over a (r: FGR's R [i, f, o]_{t-1} term)."""
+        a = tl.load(a_ptr, mask=m).to(tl.float32)
+        if FGR:
+            a += tl.load(r_ptr, mask=m).to(tl.float32)
+        if PEEP:
+            a += tl.load(p_ptr, mask=m).to(tl.float32) * c
+        s = tl.sigmoid(a)
+        tl.store(a_ptr, s.to(a_ptr.dtype.element_ty), mask=m)
+        return s
+
+    @triton.jit
+    def _gate_grad(d, s, e_ptr, d_ptr, dsg_ptr, m, FGR: tl.constexpr):
+        """da = (d [+ e]) s (1 - s) for a sigmoid gate s, stored in dA (FGR: also in dSG)."""
+        if FGR:
+            d += tl.load(e_ptr, mask=m).to(tl.float32)
+        da = d * s * (1.0 - s)
+        tl.store(d_ptr, da.to(d_ptr.dtype.element_ty), mask=m)
+        if FGR:
+            tl.store(dsg_ptr, da.to(dsg_ptr.dtype.element_ty), mask=m)
+        return da
+
     @triton.jit(do_not_specialize=["t"])  # one compiled kernel for every step
     def _fwd_step(A, C, Y, HC, SG, Rb, PI, PF, PO, t, T, H, N,
                   KI: tl.constexpr, KF: tl.constexpr, KG: tl.constexpr, KO: tl.constexpr,
@@ -84,22 +106,11 @@ if triton is not None:
         i = 1.0
         f = 1.0
         o = 1.0
+        r_row = Rb + b * (K * H) + j
         if KI >= 0:
-            ai = tl.load(a_row + KI * H, mask=m).to(tl.float32)
-            if FGR:
-                ai += tl.load(Rb + b * (K * H) + RI * H + j, mask=m).to(tl.float32)
-            if PEEP:
-                ai += tl.load(PI + j, mask=m).to(tl.float32) * c_prev
-            i = tl.sigmoid(ai)
-            tl.store(a_row + KI * H, i.to(A.dtype.element_ty), mask=m)
+            i = _sigmoid_gate(a_row + KI * H, r_row + RI * H, PI + j, c_prev, m, FGR, PEEP)
         if KF >= 0:
-            af = tl.load(a_row + KF * H, mask=m).to(tl.float32)
-            if FGR:
-                af += tl.load(Rb + b * (K * H) + RF * H + j, mask=m).to(tl.float32)
-            if PEEP:
-                af += tl.load(PF + j, mask=m).to(tl.float32) * c_prev
-            f = tl.sigmoid(af)
-            tl.store(a_row + KF * H, f.to(A.dtype.element_ty), mask=m)
+            f = _sigmoid_gate(a_row + KF * H, r_row + RF * H, PF + j, c_prev, m, FGR, PEEP)
         g = tl.load(a_row + KG * H, mask=m).to(tl.float32)
         if INPUT_ACT:
             g = _tanh(g)
@@ -110,13 +121,7 @@ if triton is not None:
             c = f * c_prev + i * g
         tl.store(C + (b * (T + 1) + t + 1) * H + j, c.to(C.dtype.element_ty), mask=m)
         if KO >= 0:
-            ao = tl.load(a_row + KO * H, mask=m).to(tl.float32)
-            if FGR:
-                ao += tl.load(Rb + b * (K * H) + RO * H + j, mask=m).to(tl.float32)
-            if PEEP:
-                ao += tl.load(PO + j, mask=m).to(tl.float32) * c
-            o = tl.sigmoid(ao)
-            tl.store(a_row + KO * H, o.to(A.dtype.element_ty), mask=m)
+            o = _sigmoid_gate(a_row + KO * H, r_row + RO * H, PO + j, c, m, FGR, PEEP)
         hc = c
         if OUTPUT_ACT:
             hc = _tanh(c)
@@ -152,16 +157,12 @@ if triton is not None:
         if OUTPUT_ACT:
             hc = tl.load(HC + (b * T + t) * H + j, mask=m).to(tl.float32)
         dhc = dh  # dL/dh(C_t)
+        e_row = EX + b * (K * H) + j
+        dsg_row = DSG + (b * T + t) * (K * H) + j
         if KO >= 0:
             o = tl.load(a_row + KO * H, mask=m).to(tl.float32)
-            do = dh * hc
-            if FGR:
-                do += tl.load(EX + b * (K * H) + RO * H + j, mask=m).to(tl.float32)
-            do = do * o * (1.0 - o)
-            tl.store(d_row + KO * H, do.to(DA.dtype.element_ty), mask=m)
+            do = _gate_grad(dh * hc, o, e_row + RO * H, d_row + KO * H, dsg_row + RO * H, m, FGR)
             dhc = dh * o
-            if FGR:
-                tl.store(DSG + (b * T + t) * (K * H) + RO * H + j, do.to(DSG.dtype.element_ty), mask=m)
         if OUTPUT_ACT:
             dc += dhc * (1.0 - hc * hc)
         else:
@@ -182,25 +183,13 @@ if triton is not None:
             dc_prev = dc * f
         if KI >= 0:
             if COUPLED:
-                di = dc * (g - c_prev)
+                di = _gate_grad(dc * (g - c_prev), i, e_row + RI * H, d_row + KI * H, dsg_row + RI * H, m, FGR)
             else:
-                di = dc * g
-            if FGR:
-                di += tl.load(EX + b * (K * H) + RI * H + j, mask=m).to(tl.float32)
-            di = di * i * (1.0 - i)
-            tl.store(d_row + KI * H, di.to(DA.dtype.element_ty), mask=m)
-            if FGR:
-                tl.store(DSG + (b * T + t) * (K * H) + RI * H + j, di.to(DSG.dtype.element_ty), mask=m)
+                di = _gate_grad(dc * g, i, e_row + RI * H, d_row + KI * H, dsg_row + RI * H, m, FGR)
             if PEEP:
                 dc_prev += di * tl.load(PI + j, mask=m).to(tl.float32)
         if KF >= 0:
-            df = dc * c_prev
-            if FGR:
-                df += tl.load(EX + b * (K * H) + RF * H + j, mask=m).to(tl.float32)
-            df = df * f * (1.0 - f)
-            tl.store(d_row + KF * H, df.to(DA.dtype.element_ty), mask=m)
-            if FGR:
-                tl.store(DSG + (b * T + t) * (K * H) + RF * H + j, df.to(DSG.dtype.element_ty), mask=m)
+            df = _gate_grad(dc * c_prev, f, e_row + RF * H, d_row + KF * H, dsg_row + RF * H, m, FGR)
             if PEEP:
                 dc_prev += df * tl.load(PF + j, mask=m).to(tl.float32)
         dg = dc * i
@@ -216,18 +205,18 @@ def _check_size(x: Tensor) -> None:
                          "use a smaller batch or sequence, or LSTM_TRITON=0")
 
 
-def on_device(fn):
-    """Run `fn` with the tensors' GPU current: Triton launches on the current device."""
-    @functools.wraps(fn)
-    def wrapped(lay, x, *args):
-        with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-            return fn(lay, x, *args)
-    return wrapped
+def device_of(x: Tensor):
+    """Make x's GPU the current one (Triton, streams and graphs use the current device)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-@on_device
 def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
+    with device_of(xw):
+        return _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+
+
+def _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg):
     _check_size(xw)
     B, T, GH = xw.shape
     H = lay.H
@@ -260,12 +249,12 @@ def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: di
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
                   dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
-    with torch.cuda.device(h0.device) if h0.is_cuda else contextlib.nullcontext():
+    with device_of(h0):
         return _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT)
 
 
 def _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT):
-    from lightning_modules.lstm_seq import weight_grads
+    from lightning_modules.lstm_seq import output_grad, weight_grads  # lstm_seq imports this module
 
     Y, C, HC, SG, A = saved
     B, T, GH = A.shape
@@ -282,12 +271,9 @@ def _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT):
     grid = (triton.cdiv(N, BLOCK),)
     fl = _flags(lay)
     for t in range(T - 1, -1, -1):
-        if t == T - 1:
-            torch.add(dY[:, t], dhT, out=dh) if dhT is not None else dh.copy_(dY[:, t])
-        else:
-            torch.addmm(dY[:, t], dA[:, t + 1], w_hh, out=dh)
-            if w_gg is not None:
-                torch.mm(dSG[:, t + 1], w_gg, out=ex)
+        output_grad(t, dY, dhT, dA, w_hh, dh)
+        if w_gg is not None and t < T - 1:
+            torch.mm(dSG[:, t + 1], w_gg, out=ex)
         _bwd_step[grid](A, C, HC if HC is not None else dummy, dA, dSG if dSG is not None else dummy, dh, dc,
                         ex if ex is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
     dW, dh0, dp, dR = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg)
@@ -321,6 +307,6 @@ def lstm_cell_point(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     gates, c = gates.contiguous(), c.contiguous()
     _check_size(gates)
     h_new, c_new = torch.empty_like(c), torch.empty_like(c)
-    with torch.cuda.device(c.device) if c.is_cuda else contextlib.nullcontext():
+    with device_of(c):
         _cell_point[(triton.cdiv(n * H, BLOCK),)](gates, c, h_new, c_new, n * H, H, BLOCK=BLOCK)
     return h_new, c_new
