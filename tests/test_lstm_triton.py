@@ -66,7 +66,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 def run_script(script: str, **env) -> str:
     """python -c script with the repository importable; asserts success, returns stdout."""
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **env)
     r = subprocess.run([sys.executable, "-c", script], env=e, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     return r.stdout
