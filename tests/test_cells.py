@@ -219,3 +219,53 @@ def test_hand_written_bptt_without_grad_and_in_float32():
         y_ref, (h_ref, c_ref) = m.loop(x, s)
     assert y.dtype == torch.float32 and not y.requires_grad
     assert torch.allclose(y, y_ref, atol=1e-6) and torch.equal(h, y[:, -1]) and torch.allclose(c, c_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["lecture", "torch"])
+@pytest.mark.parametrize("steps", [1, 6])
+def test_gru_hand_written_bptt_equals_the_autograd_loop(form, steps):
+    """GRUCell.forward (gru_seq, backward by hand) = GRUCell.loop (autograd per step): outputs,
+    final state, and gradients of inputs, initial state and every parameter."""
+    torch.manual_seed(6)
+    m = GRUCell(I, H, form)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.8, 0.8)
+    x = torch.randn(B, steps, I, requires_grad=True)
+    h0 = torch.randn(B, H, requires_grad=True)
+    w = torch.randn(B, steps, H)
+    got = []
+    for run in (m.forward, m.loop):
+        y, (h,) = run(x, (h0,))
+        loss = (y * w).sum() + (h.sin()).sum()
+        got.append((y, h, *torch.autograd.grad(loss, [x, h0, *m.parameters()])))
+    names = ["y", "h_T", "dx", "dh0", *(f"d{n}" for n, _ in m.named_parameters())]
+    assert len(names) == (8 if form == "torch" else 6)
+    for name, a, b in zip(names, *got):
+        assert (a - b).norm() <= 1e-12 * b.norm(), name
+    # only the last output or only the final state carries a gradient
+    y, (h,) = m(x, (h0,))
+    gy = torch.autograd.grad(y.sum(), [x, h0])
+    gl = torch.autograd.grad(m.loop(x, (h0,))[0].sum(), [x, h0])
+    assert all((a - b).norm() <= 1e-12 * b.norm() for a, b in zip(gy, gl))
+    gh = torch.autograd.grad(m(x, (h0,))[1][0].sum(), [x, h0])
+    ghl = torch.autograd.grad(m.loop(x, (h0,))[1][0].sum(), [x, h0])
+    assert all((a - b).norm() <= 1e-12 * b.norm() for a, b in zip(gh, ghl))
+
+
+def test_gru_hand_written_bptt_without_grad_in_float32_and_bf16_autocast():
+    torch.manual_seed(7)
+    m = GRUCell(I, H, "lecture").float()
+    x = torch.randn(B, T, I, dtype=torch.float32)
+    s = (torch.randn(B, H, dtype=torch.float32),)
+    with torch.no_grad():
+        y, (h,) = m(x, s)
+        y_ref, (h_ref,) = m.loop(x, s)
+    assert y.dtype == torch.float32 and not y.requires_grad
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.equal(h, y[:, -1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, _ = m(x.requires_grad_(), s)
+    assert y16.dtype == torch.float32  # the recurrence runs in the promoted dtype
+    y16.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and m.weight_hh.grad.dtype == torch.float32
+    assert (y16 - y_ref).abs().max() < 0.05  # bf16 input projection only
