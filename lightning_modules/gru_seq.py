@@ -29,13 +29,16 @@ Backward, t = T .. 1 (d = dL/d; dh_t = dL/dy_t + the carry from step t+1):
              dW_h = sum_t dg_t h_{t-1}^T    db_h = sum_t dg_t
     dxw_t = da_t
 
-The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32).
+The recurrence and its BPTT run in the promoted dtype of xw and W_h (under autocast:
+float32, also when backward is called inside the autocast region).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from lightning_modules.lstm_seq import no_autocast
 
 
 def gru_forward(lecture: bool, xw: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor):
@@ -122,7 +125,8 @@ class GRUSequence(torch.autograd.Function):
         dt = torch.promote_types(xw.dtype, w_hh.dtype)
         xw_, w_hh_, h0_ = xw.to(dt), w_hh.to(dt), h0.to(dt)
         b_hh_ = b_hh.to(dt) if b_hh is not None else None
-        Y, A, GN = gru_forward(lecture, xw_, w_hh_, b_hh_, h0_)
+        with no_autocast(xw):
+            Y, A, GN = gru_forward(lecture, xw_, w_hh_, b_hh_, h0_)
         ctx.lecture, ctx.dtypes = lecture, (xw.dtype, w_hh.dtype, h0.dtype)
         ctx.save_for_backward(Y, A, GN, w_hh_, h0_)
         return Y, Y[:, -1].clone()
@@ -133,6 +137,7 @@ class GRUSequence(torch.autograd.Function):
         Y, A, GN, w_hh, h0 = ctx.saved_tensors
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
-        dA, dW, db, dh0 = gru_backward(ctx.lecture, (Y, A, GN), w_hh, h0, dY, dhT.to(dt) if dhT is not None else None)
+        with no_autocast(A):
+            dA, dW, db, dh0 = gru_backward(ctx.lecture, (Y, A, GN), w_hh, h0, dY, dhT.to(dt) if dhT is not None else None)
         x_dt, w_dt, h_dt = ctx.dtypes
         return None, dA.to(x_dt), dW.to(w_dt), db.to(w_dt) if db is not None else None, dh0.to(h_dt)

@@ -30,7 +30,8 @@ Backward, t = T .. 1 (d = dL/d, sigma' = s (1 - s), tanh' = 1 - tanh^2):
     dW_h = sum_t da_t h_{t-1}^T    dp_i = sum_t da_i * C_{t-1}    dp_o = sum_t da_o * C_t
     dR   = sum_t da_{t+1}[i, f, o] [i, f, o]_t^T          dxw_t = da_t
 
-The recurrence runs in the promoted dtype of xw and W_h (under autocast: float32). On a
+The recurrence and its BPTT run in the promoted dtype of xw and W_h (under autocast:
+float32; autocast is switched off inside, also around a backward called in its region). On a
 GPU with Triton the per-step gate arithmetic runs as one fused kernel (`lstm_triton`, the
 same equations and buffers), and with LSTM_GRAPH=1 each whole call is replayed as a CUDA
 graph (`lstm_graph`); elsewhere it runs as the torch operations below.
@@ -257,6 +258,12 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
     return dW, dh0, dp, dR
 
 
+def no_autocast(x: Tensor):
+    """Autocast off on x's device: the recurrence and its BPTT run in the promoted dtype even
+    when called inside an autocast region (Lightning's manual_backward is inside one)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _impl(x: Tensor, torch_ops, fused):
     """The torch-op version, the fused Triton one (CUDA), or that one replayed as a CUDA graph."""
     if lstm_graph.enabled(x):
@@ -273,7 +280,8 @@ class LSTMSequence(torch.autograd.Function):
         cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
         xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
         peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
-        Y, C, HC, SG, A = _impl(xw_, lstm_forward, lstm_triton.lstm_forward)(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
+        with no_autocast(xw):
+            Y, C, HC, SG, A = _impl(xw_, lstm_forward, lstm_triton.lstm_forward)(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
         ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
         ctx.peep_names = tuple(peep)
         ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
@@ -286,8 +294,10 @@ class LSTMSequence(torch.autograd.Function):
         peep = dict(zip(ctx.peep_names, pv))
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
-        dA, dW, dh0, dc0, dp, dR = _impl(A, lstm_backward, lstm_triton.lstm_backward)(ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
-                                       dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
+        with no_autocast(A):
+            dA, dW, dh0, dc0, dp, dR = _impl(A, lstm_backward, lstm_triton.lstm_backward)(
+                ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
+                dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
         x_dt, w_dt, h_dt, c_dt = ctx.dtypes
         g = lambda n: dp[n].to(w_dt) if n in dp else None  # noqa: E731
         return (None, dA.to(x_dt), dW.to(w_dt), dh0.to(h_dt), dc0.to(c_dt), g("i"), g("f"), g("o"),

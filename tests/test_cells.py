@@ -269,3 +269,27 @@ def test_gru_hand_written_bptt_without_grad_in_float32_and_bf16_autocast():
     y16.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and m.weight_hh.grad.dtype == torch.float32
     assert (y16 - y_ref).abs().max() < 0.05  # bf16 input projection only
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm-fgr", "gru-lecture", "gru"])
+def test_hand_written_bptt_ignores_an_autocast_region_around_backward(cell):
+    """Lightning's manual_backward runs inside the precision plugin's autocast region: the
+    hand-written backward must still run in float32 (its docstring's promise), giving the
+    same gradients as a backward called outside the region."""
+    torch.manual_seed(8)
+    m = make_cell(cell, I, H).float()
+    x = torch.randn(B, T, I, dtype=torch.float32)
+    s = tuple(torch.randn(B, H, dtype=torch.float32) for _ in range(2 if cell.startswith("lstm") else 1))
+    grads = []
+    for inside in (True, False):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, st = m(x, s)
+            loss = (y * torch.linspace(-1, 1, H)).sum() + st[0].sum()
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
