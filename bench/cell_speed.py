@@ -133,7 +133,7 @@ def main():
         for label, cell, fused, loop, env, bf16 in rows:
             if label in errors:
                 continue
-            n = max(1, reps // 2) if loop or cell == "gru-lecture" else reps
+            n = max(1, reps // 2) if loop else reps
             try:
                 r = with_env(env, throughput, cell, fused, H, B, T, n, a.device, loop, bf16)
             except Exception as e:  # one failing path must not hide the other figures

@@ -38,6 +38,7 @@ graph (`lstm_graph`); elsewhere it runs as the torch operations below.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -260,7 +261,10 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
 
 def no_autocast(x: Tensor):
     """Autocast off on x's device: the recurrence and its BPTT run in the promoted dtype even
-    when called inside an autocast region (Lightning's manual_backward is inside one)."""
+    when called inside an autocast region (Lightning's manual_backward is inside one).
+    A device without autocast (meta: shape inference) has nothing to switch off."""
+    if not torch.amp.is_autocast_available(x.device.type):
+        return nullcontext()
     return torch.autocast(x.device.type, enabled=False)
 
 

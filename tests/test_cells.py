@@ -293,3 +293,13 @@ def test_hand_written_bptt_ignores_an_autocast_region_around_backward(cell):
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm-v", "gru-lecture"])
+def test_hand_written_bptt_runs_on_the_meta_device(cell):
+    """Shape inference (meta tensors, as in FLOP counting) goes through the hand-written path."""
+    m = make_cell(cell, I, H).to("meta")
+    x = torch.empty(B, T, I, device="meta")
+    s = tuple(torch.empty(B, H, device="meta") for _ in range(2 if cell.startswith("lstm") else 1))
+    y, st = m(x, s)
+    assert y.shape == (B, T, H) and y.device.type == "meta" and st[0].shape == (B, H)
