@@ -34,6 +34,11 @@ summary() {
   for run in gpu_preset gpu_b512; do
     [ -f "$LOGS/${run}_val_loss.csv" ] || continue
     echo "$run, val_loss against seconds (step,val_loss,val_bpc,wall_s,train_s):"; cat "$LOGS/${run}_val_loss.csv"
+    $PY -c 'import csv,sys
+r=[(float(x["train_s"]),float(x["val_loss"])) for x in csv.DictReader(open(sys.argv[1]))]
+first=lambda v: next((f"{t:.1f} s" for t,l in r if l<=v),"never")
+best=lambda s: min((l for t,l in r if t<=s),default=float("nan"))
+print(f"{sys.argv[2]}: val_loss <= 1.47 at {first(1.47)} (target 20 s), <= 1.40 at {first(1.40)} (target 120 s); best within 20 s {best(20):.4f}, within 120 s {best(120):.4f}, overall {min(l for t,l in r):.4f}")' "$LOGS/${run}_val_loss.csv" "$run"
   done
   [ -f "$LOGS/anchor_lstm.json" ] && $PY -c 'import json,sys; r=json.load(open(sys.argv[1])); t=r.pop("ttt",None); r.pop("sample_text",None); print("anchor_lstm:", json.dumps(r)); print("anchor ttt:", json.dumps({k:v for k,v in (t or {}).items() if k!="curve"}))' "$LOGS/anchor_lstm.json"
   grep -h "^GPU checkpoint" "$LOGS/cpu_sample.log" 2>/dev/null
