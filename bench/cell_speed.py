@@ -49,7 +49,7 @@ def max_diff_to_loop(cell: str, device: str, H: int = 64, B: int = 4, T: int = 1
     torch.manual_seed(0)
     layer = RecurrentStack(cell, H, H, 1, fused=False).to(device).layers[0]
     x = torch.randn(B, T, H, device=device)
-    state = (torch.zeros(B, H, device=device), torch.zeros(B, H, device=device))[: 2 if cell.startswith("lstm") else 1]
+    state = (torch.zeros(B, H, device=device), torch.zeros(B, H, device=device))[: 2 if layer.has_cell else 1]
     worst = 0.0
     grads = []
     for run in (layer.forward, layer.loop):
