@@ -122,6 +122,10 @@ class GRUSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lecture: bool, xw, w_hh, b_hh, h0):
+        if xw.dim() != 3 or xw.shape[1] == 0 or xw.shape[2] != w_hh.shape[0]:
+            raise ValueError(f"GRUSequence: xw must be (B, T >= 1, 3H) with 3H = {w_hh.shape[0]}, got {tuple(xw.shape)}")
+        if (b_hh is None) != lecture:
+            raise ValueError("GRUSequence: b_hh must be None for the lecture form and given for the torch form")
         dt = torch.promote_types(xw.dtype, w_hh.dtype)
         xw_, w_hh_, h0_ = xw.to(dt), w_hh.to(dt), h0.to(dt)
         b_hh_ = b_hh.to(dt) if b_hh is not None else None

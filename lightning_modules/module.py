@@ -71,14 +71,21 @@ class CharLM(L.LightningModule):
         self.vocab: dict | None = None  # {"level", "tokens", "unk"}, saved into checkpoints
         self._carry = None  # TBPTT: (context ids (B, <=k2-k1), state at its start)
         self._val = None
+        self.schedule_steps = max_steps  # end of the cosine; a TimeBudget callback moves it
 
     # -- schedule -------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warmup, then cosine from lr down to min_lr_frac * lr at max_steps."""
+        """Linear warmup, then cosine from lr down to min_lr_frac * lr at `schedule_steps`.
+
+        lr_s = lr (s + 1) / W for s < W, then
+        lr_s = lr (m + (1 - m) (1 + cos(pi min(1, (s - W) / (S - W)))) / 2),
+        with W = warmup_steps, m = min_lr_frac, S = schedule_steps (max_steps unless a time
+        budget moved it, lightning_modules/budget.py).
+        """
         hp = self.hparams
         if step < hp.warmup_steps:
             return hp.lr * (step + 1) / hp.warmup_steps
-        frac = min(1.0, (step - hp.warmup_steps) / max(1, hp.max_steps - hp.warmup_steps))
+        frac = min(1.0, (step - hp.warmup_steps) / max(1, self.schedule_steps - hp.warmup_steps))
         return hp.lr * (hp.min_lr_frac + (1 - hp.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def configure_optimizers(self):
@@ -178,6 +185,7 @@ class CharLM(L.LightningModule):
     # -- checkpoints: vocabulary, TBPTT carry, RNG states ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vocab"] = self.vocab
+        checkpoint["schedule_steps"] = self.schedule_steps
         if self._carry is not None:
             ctx, state = self._carry
             checkpoint["tbptt_carry"] = {"ctx": ctx.cpu(), "state": [s.cpu() for s in state]}
@@ -191,6 +199,7 @@ class CharLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.vocab = checkpoint.get("vocab")
+        self.schedule_steps = checkpoint.get("schedule_steps", self.hparams.max_steps)
         carry = checkpoint.get("tbptt_carry")
         if carry is not None:
             self._carry = (carry["ctx"].to(self.device), tuple(s.to(self.device) for s in carry["state"]))

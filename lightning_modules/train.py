@@ -3,7 +3,7 @@
 `fit(cfg, data_dir, out_dir)` is the one training routine: the DVC stage, the Prefect
 flow, the studies, the benchmarks and the tests call it (pipeline/train.py adds params.yaml,
 MLflow and the metric files around it). `cfg` holds the model, optimisation and trainer
-settings (see `DEFAULTS`). Checkpoints: out_dir/best.ckpt (lowest val_loss) and
+settings (see `DEFAULTS`); `max_seconds` adds a time budget (lightning_modules/budget.py). Checkpoints: out_dir/best.ckpt (lowest val_loss) and
 out_dir/last.ckpt, written by rank 0 only.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from lightning_modules.budget import TimeBudget
 from lightning_modules.data import TextDataModule
 from lightning_modules.module import CharLM
 
@@ -25,7 +26,7 @@ OPTIM = ("lr", "min_lr_frac", "warmup_steps", "weight_decay", "betas", "clip", "
 DEFAULTS = dict(
     cell="lstm", hidden=256, layers=2, dropout=0.0, input="embedding", fused=None,
     lr=3e-3, min_lr_frac=0.1, warmup_steps=0, weight_decay=0.01, betas=(0.9, 0.99), clip=1.0,
-    max_steps=1000, bptt="full", k1=64, k2=64, log_every=10,
+    max_steps=1000, max_seconds=None, bptt="full", k1=64, k2=64, log_every=10,
     batch_size=32, seq_len=128, seed=1337, val_every=250, eval_batch=16, eval_len=512,
     accelerator="auto", devices=1, strategy="auto", num_nodes=1, precision="32-true",
     progress_every=100, deterministic=False, matmul_precision="high",
@@ -72,8 +73,12 @@ def make_datamodule(cfg: dict, data_dir: str | Path) -> TextDataModule:
 def make_trainer(cfg: dict, out_dir: str | Path | None, loggers=(), callbacks=(), max_steps: int | None = None) -> L.Trainer:
     steps = max_steps or cfg["max_steps"]
     cbs = list(callbacks)
+    if cfg.get("max_seconds"):
+        cbs.append(TimeBudget(cfg["max_seconds"]))
     if out_dir is not None:
-        cbs.append(ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1, save_last=True, enable_version_counter=False))
+        cbs.append(ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1, enable_version_counter=False))
+        # last.ckpt at every validation; Lightning 2.6's save_last rewrites it only when val_loss improved
+        cbs.append(ModelCheckpoint(dirpath=out_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False))
     if cfg["progress_every"]:
         tokens = cfg["batch_size"] * (cfg["seq_len"] if cfg["bptt"] == "full" else cfg["k1"])
         cbs.append(ProgressPrinter(cfg["progress_every"], tokens))

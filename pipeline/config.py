@@ -81,6 +81,7 @@ class TrainParams:
     weight_decay: float = 0.01
     clip: float = 1.0
     max_steps: int = 1000
+    max_seconds: float | None = None
     val_every: int = 250
     eval_batch: int = 16
     eval_len: int = 512
@@ -142,7 +143,7 @@ CHOICES = {
 }
 POSITIVE = {
     "retries", "timeout_s", "max_vocab", "min_count", "hidden", "layers", "seq_len", "k1", "k2", "batch_size", "lr",
-    "max_steps", "val_every", "eval_batch", "eval_len", "devices", "num_nodes", "log_every", "length", "n",
+    "max_steps", "max_seconds", "val_every", "eval_batch", "eval_len", "devices", "num_nodes", "log_every", "length", "n",
 }
 NON_NEGATIVE = {"warmup_steps", "weight_decay", "clip", "top_k", "progress_every", "seed"}
 

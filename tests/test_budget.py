@@ -1,0 +1,106 @@
+"""Training for a time budget (train.max_seconds): the estimate, the stop, the cosine's end, resume, DDP."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.budget import TimeBudget
+from lightning_modules.train import fit
+from pipeline.config import load_params, parse_sets
+from pipeline.errors import UserError
+from tests.lmdata import make_corpus
+from tests.test_lm import TINY
+
+BUDGET = dict(TINY, max_steps=100_000, val_every=40, warmup_steps=5)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _budget(trainer) -> TimeBudget:
+    return next(c for c in trainer.callbacks if isinstance(c, TimeBudget))
+
+
+def test_projected_steps():
+    p = TimeBudget.projected_steps
+    # 10 steps in the last 2 s since the mark: 0.2 s/step, 10 s left -> 50 more steps
+    assert p(30, 10.0, (20, 8.0), 20.0, 10**6) == 80
+    # no mark: the average since the start (30 steps in 10 s)
+    assert p(30, 10.0, None, 20.0, 10**6) == 60
+    assert p(30, 10.0, (20, 8.0), 20.0, 55) == 55  # max_steps caps it
+    assert p(30, 25.0, (20, 8.0), 20.0, 10**6) == 30  # spent: stop now
+    assert p(30, 10.0, (20, 10.0), 20.0, 500) == 500  # a zero-time interval: only the cap
+    with pytest.raises(ValueError, match="max_seconds"):
+        TimeBudget(0)
+
+
+def test_budget_stops_training_and_ends_the_cosine_there(corpus, tmp_path):
+    budget = 4.0
+    r = fit(dict(BUDGET, max_seconds=budget), corpus, tmp_path / "b")
+    cb, module = _budget(r["trainer"]), r["module"]
+    spent = cb.train_seconds()
+    assert 0.6 * budget <= spent <= 1.5 * budget + 1.0, spent
+    assert 20 < r["steps"] < BUDGET["max_steps"]
+    assert r["steps"] == cb.stop_step == module.schedule_steps
+    # the cosine ended at the stop: the last step ran at (about) the floor of the schedule
+    floor = module.hparams.lr * module.hparams.min_lr_frac
+    assert module.lr_at(r["steps"] - 1) == pytest.approx(floor, rel=0.02)
+    assert module.lr_at(r["steps"] // 2) > 2 * floor
+    # one last validation at the stop scored the final model
+    ck = torch.load(tmp_path / "b/last.ckpt", weights_only=True)
+    assert ck["global_step"] == r["steps"]
+    assert ck["schedule_steps"] == r["steps"]
+    state = next(v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget"))
+    assert state["stop_step"] == r["steps"] and state["spent"] >= 0.6 * budget
+
+
+def test_max_steps_still_caps_a_budgeted_run(corpus, tmp_path):
+    r = fit(dict(BUDGET, max_steps=30, val_every=10, max_seconds=3600), corpus, tmp_path / "c")
+    assert r["steps"] == 30
+    assert r["module"].schedule_steps == 30
+
+
+def test_resume_spends_what_is_left_of_the_budget(corpus, tmp_path):
+    budget = 4.0
+    cfg = dict(BUDGET, max_seconds=budget, val_every=20)
+    half = fit(cfg, corpus, tmp_path / "h", stop_at=40)
+    assert half["steps"] == 40
+    first = _budget(half["trainer"]).train_seconds()
+    assert first < budget
+    resumed = fit(cfg, corpus, tmp_path / "r", resume=str(tmp_path / "h/last.ckpt"))
+    total = _budget(resumed["trainer"]).train_seconds()
+    assert resumed["steps"] > 40
+    assert 0.6 * budget <= total <= 1.5 * budget + 1.0, (first, total)
+
+
+def test_ddp_ranks_stop_together(corpus, tmp_path):
+    # rank 0's estimate is broadcast: both ranks stop at the same step (or the run would hang)
+    r = fit(dict(BUDGET, max_seconds=3.0, val_every=10, strategy="ddp_spawn", devices=2, dropout=0.0), corpus, tmp_path / "d")
+    ck = torch.load(tmp_path / "d/last.ckpt", weights_only=True)
+    state = next(v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget"))
+    assert 10 < ck["global_step"] < BUDGET["max_steps"]
+    assert ck["global_step"] == state["stop_step"] == ck["schedule_steps"]
+    assert r["best_val_loss"] is not None
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "true"])
+def test_bad_max_seconds_is_one_clear_error(value):
+    with pytest.raises(UserError, match=r"train\.max_seconds"):
+        load_params("params.yaml", parse_sets([f"train.max_seconds={value}"]))
+
+
+def test_max_seconds_from_params(tmp_path):
+    p = load_params("params.yaml", parse_sets(["train.max_seconds=120"]))
+    assert p.train.max_seconds == 120.0 and p.train.to_fit()["max_seconds"] == 120.0
+    assert load_params("params.yaml").train.max_seconds is None
+
+
+def test_last_checkpoint_is_the_last_step_even_without_improvement(corpus, tmp_path):
+    # lr 0: val_loss never improves after the first validation; last.ckpt must still move on
+    r = fit(dict(TINY, lr=0.0, max_steps=30, val_every=10), corpus, tmp_path / "z")
+    assert r["steps"] == 30
+    assert torch.load(tmp_path / "z/last.ckpt", weights_only=True)["global_step"] == 30
+    assert torch.load(tmp_path / "z/best.ckpt", weights_only=True)["global_step"] == 10
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["best.ckpt", "last.ckpt"]
