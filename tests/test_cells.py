@@ -271,6 +271,20 @@ def test_gru_hand_written_bptt_without_grad_in_float32_and_bf16_autocast():
     assert (y16 - y_ref).abs().max() < 0.05  # bf16 input projection only
 
 
+def test_gru_sequence_refuses_bad_arguments_with_a_clear_message():
+    from lightning_modules.gru_seq import GRUSequence
+
+    w, h0 = torch.randn(3 * H, H), torch.zeros(B, H)
+    with pytest.raises(ValueError, match="T >= 1"):
+        GRUSequence.apply(True, torch.randn(B, 0, 3 * H), w, None, h0)
+    with pytest.raises(ValueError, match="3H"):
+        GRUSequence.apply(True, torch.randn(B, T, 2 * H), w, None, h0)
+    with pytest.raises(ValueError, match="b_hh"):
+        GRUSequence.apply(False, torch.randn(B, T, 3 * H), w, None, h0)
+    with pytest.raises(ValueError, match="b_hh"):
+        GRUSequence.apply(True, torch.randn(B, T, 3 * H), w, torch.zeros(3 * H), h0)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "lstm-fgr", "gru-lecture", "gru"])
 def test_hand_written_bptt_ignores_an_autocast_region_around_backward(cell):
     """Lightning's manual_backward runs inside the precision plugin's autocast region: the
