@@ -20,8 +20,8 @@ computes S and broadcasts it. When step S is reached, the callback sets
 `trainer.should_stop`, and Lightning then runs one last validation, so the model at the
 end of the cosine (usually the best) is scored and checkpointed.
 
-The state (seconds trained, S) is saved in checkpoints: a resumed run spends what is left
-of the budget, not a new one.
+The state (seconds trained, S, the budget) is saved in checkpoints: a resumed run spends
+what is left of the budget, not a new one (with a changed budget, S is estimated again).
 """
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ class TimeBudget(Callback):
     def on_train_start(self, trainer, pl_module):
         self._t0, self._in_val = time.perf_counter(), 0.0
         self._mark = None
+        # the schedule belongs to the budget: a resumed run takes the restored end, a new one max_steps
+        pl_module.schedule_steps = self.stop_step or pl_module.hparams.max_steps
+        if self.stop_step is not None and trainer.global_step >= self.stop_step:
+            trainer.should_stop = True  # resumed after the budget was spent: not one step more
 
     def on_validation_start(self, trainer, pl_module):
         self._v0 = time.perf_counter()
@@ -87,6 +91,8 @@ class TimeBudget(Callback):
 
     def _estimate(self, trainer, pl_module):
         step, now = trainer.global_step, self.train_seconds()
+        if self._mark is not None and step == self._mark[0]:
+            return  # estimated at this very step already (a validation at the calibration step)
         total = None
         if trainer.is_global_zero:
             total = self.projected_steps(step, now, self._mark, self.max_seconds, pl_module.hparams.max_steps)
@@ -116,4 +122,6 @@ class TimeBudget(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.spent = float(state.get("spent", 0.0))
-        self.stop_step = state.get("stop_step")
+        # a resume with another budget re-estimates at its next sync point
+        same = state.get("max_seconds") == self.max_seconds
+        self.stop_step = state.get("stop_step") if same else None

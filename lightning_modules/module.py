@@ -185,7 +185,6 @@ class CharLM(L.LightningModule):
     # -- checkpoints: vocabulary, TBPTT carry, RNG states ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vocab"] = self.vocab
-        checkpoint["schedule_steps"] = self.schedule_steps
         if self._carry is not None:
             ctx, state = self._carry
             checkpoint["tbptt_carry"] = {"ctx": ctx.cpu(), "state": [s.cpu() for s in state]}
@@ -199,7 +198,6 @@ class CharLM(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.vocab = checkpoint.get("vocab")
-        self.schedule_steps = checkpoint.get("schedule_steps", self.hparams.max_steps)
         carry = checkpoint.get("tbptt_carry")
         if carry is not None:
             self._carry = (carry["ctx"].to(self.device), tuple(s.to(self.device) for s in carry["state"]))

@@ -60,6 +60,15 @@ class ProgressPrinter(Callback):
             print(f"step {trainer.global_step:6d}  val_loss {float(m['val_loss']):.4f}  val_bpc {float(m['val_bpc']):.4f}", flush=True)
 
 
+class ValidateAtTheEnd(Callback):
+    """The last step is validated and checkpointed even when max_steps is not a multiple of
+    val_every (Lightning validates only every val_every steps; the last steps would be lost)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True  # Lightning then runs one more validation, at this step
+
+
 def make_module(cfg: dict, vocab_size: int) -> CharLM:
     return CharLM(vocab_size=vocab_size, **{k: cfg[k] for k in MODEL + OPTIM})
 
@@ -73,7 +82,8 @@ def make_datamodule(cfg: dict, data_dir: str | Path) -> TextDataModule:
 def make_trainer(cfg: dict, out_dir: str | Path | None, loggers=(), callbacks=(), max_steps: int | None = None) -> L.Trainer:
     steps = max_steps or cfg["max_steps"]
     cbs = list(callbacks)
-    if cfg.get("max_seconds"):
+    cbs.append(ValidateAtTheEnd())
+    if cfg.get("max_seconds") is not None:
         cbs.append(TimeBudget(cfg["max_seconds"]))
     if out_dir is not None:
         cbs.append(ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1, enable_version_counter=False))

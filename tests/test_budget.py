@@ -1,8 +1,11 @@
 """Training for a time budget (train.max_seconds): the estimate, the stop, the cosine's end, resume, DDP."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.budget import TimeBudget
 from lightning_modules.train import fit
@@ -51,7 +54,6 @@ def test_budget_stops_training_and_ends_the_cosine_there(corpus, tmp_path):
     # one last validation at the stop scored the final model
     ck = torch.load(tmp_path / "b/last.ckpt", weights_only=True)
     assert ck["global_step"] == r["steps"]
-    assert ck["schedule_steps"] == r["steps"]
     state = next(v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget"))
     assert state["stop_step"] == r["steps"] and state["spent"] >= 0.6 * budget
 
@@ -81,8 +83,53 @@ def test_ddp_ranks_stop_together(corpus, tmp_path):
     ck = torch.load(tmp_path / "d/last.ckpt", weights_only=True)
     state = next(v for k, v in ck["callbacks"].items() if k.startswith("TimeBudget"))
     assert 10 < ck["global_step"] < BUDGET["max_steps"]
-    assert ck["global_step"] == state["stop_step"] == ck["schedule_steps"]
+    assert ck["global_step"] == state["stop_step"]
     assert r["best_val_loss"] is not None
+
+
+class SlowFirstStep(Callback):
+    """The first step takes `seconds` longer (a GPU's compile/autotune)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1:
+            time.sleep(self.seconds)
+
+
+def test_a_slow_first_step_does_not_shrink_the_estimate(corpus, tmp_path):
+    # a validation at the calibration step (val_every 10) must keep the estimate made there,
+    # which leaves the first steps out; an average over all steps would stop far too early
+    budget = 5.0
+    r = fit(dict(BUDGET, max_seconds=budget, val_every=10), corpus, tmp_path / "s", callbacks=[SlowFirstStep(2.5)])
+    spent = _budget(r["trainer"]).train_seconds()
+    assert spent >= 0.8 * budget, (spent, r["steps"])
+
+
+def test_resume_after_the_budget_is_spent_takes_no_step_and_a_new_budget_is_spent(corpus, tmp_path):
+    cfg = dict(BUDGET, max_seconds=2.0, val_every=20)
+    done = fit(cfg, corpus, tmp_path / "a")
+    again = fit(cfg, corpus, tmp_path / "b", resume=str(tmp_path / "a/last.ckpt"))
+    assert again["steps"] == done["steps"]  # not one step past the stop
+    more = fit(dict(cfg, max_seconds=4.0), corpus, tmp_path / "c", resume=str(tmp_path / "a/last.ckpt"))
+    cb = _budget(more["trainer"])
+    assert more["steps"] > done["steps"] + 20
+    assert cb.train_seconds() >= 0.6 * 4.0 and more["module"].schedule_steps == more["steps"]
+
+
+def test_resume_without_a_budget_follows_the_new_max_steps(corpus, tmp_path):
+    fit(dict(TINY, max_steps=20, val_every=10), corpus, tmp_path / "a")
+    r = fit(dict(TINY, max_steps=40, val_every=10), corpus, tmp_path / "b", resume=str(tmp_path / "a/last.ckpt"))
+    m = r["module"]
+    assert r["steps"] == 40 and m.schedule_steps == 40
+    assert m.lr_at(30) > 2 * m.hparams.lr * m.hparams.min_lr_frac  # still on the cosine, not at its floor
+
+
+def test_the_last_step_is_validated_when_max_steps_is_not_a_multiple_of_val_every(corpus, tmp_path):
+    r = fit(dict(TINY, max_steps=25, val_every=10), corpus, tmp_path / "v")
+    assert r["steps"] == 25
+    assert torch.load(tmp_path / "v/last.ckpt", weights_only=True)["global_step"] == 25
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "true"])
