@@ -1,0 +1,83 @@
+"""Quality per second: a time budget whose cosine ends with it, against the same run cut off.
+
+    python bench/time_budget.py                 # the cpu preset, 60 s of training each
+    python bench/time_budget.py --seconds 120 --device cuda --preset gpu
+
+Both runs train the same model from the same seed for the same seconds of training
+(validation left out) and are scored by one last validation at the stop:
+- cut: the preset's schedule (cosine over its max_steps), stopped when the time is up, which
+  is what stopping a run by the clock gives you;
+- budget: `train.max_seconds` (lightning_modules/budget.py): the steps that fit are
+  estimated as it goes and the cosine ends at the stop.
+Writes bench/out/time_budget_<device>.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_modules.budget import TimeBudget  # noqa: E402
+from lightning_modules.train import fit  # noqa: E402
+from pipeline.config import load_params, parse_sets  # noqa: E402
+
+
+class CutOff(TimeBudget):
+    """The same clock as TimeBudget, but the schedule is left alone: stop when the time is up."""
+
+    def _estimate(self, trainer, pl_module):
+        pass
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.train_seconds() >= self.max_seconds:
+            trainer.should_stop = True
+
+
+def run(cfg: dict, data: str, callbacks=()) -> dict:
+    r = fit(cfg, data, None, callbacks=list(callbacks))
+    clock = next(c for c in r["trainer"].callbacks if isinstance(c, TimeBudget))
+    m = r["trainer"].callback_metrics
+    return {
+        "steps": r["steps"],
+        "train_s": round(clock.train_seconds(), 2),
+        "final_val_loss": round(float(m["val_loss"]), 4),
+        "last_lr": r["module"].lr_at(r["steps"] - 1),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
+    ap.add_argument("--quick", action="store_true", help="a tiny model for 5 s: checks the script")
+    a = ap.parse_args()
+    if not (Path(a.data) / "meta.json").exists():
+        sys.exit(f"error: {a.data}/meta.json not found; run `dvc repro onehot@tinyshakespeare` first")
+    sets = [f"preset={a.preset}", f"train.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}"]
+    if a.quick:
+        sets += ["train.hidden=32", "train.layers=1", "train.batch_size=8", "train.warmup_steps=5"]
+        a.seconds = 5.0
+    cfg = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
+    # validation time is left out of both clocks; the budget re-estimates at each validation
+    cfg.update(progress_every=0, val_every=5 if a.quick else 100)
+    cut = run(dict(cfg), a.data, [CutOff(a.seconds)])
+    budget = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds), a.data)
+    res = {"preset": a.preset, "device": a.device, "seconds": a.seconds, "max_steps of the cut run": cfg["max_steps"],
+           "cut": cut, "budget": budget, "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4)}
+    out = ROOT / "bench/out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"time_budget_{a.device}.json").write_text(json.dumps(res, indent=1))
+    print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device} | steps | train s | lr at the stop | val_loss at the stop |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in (("cut off (cosine over max_steps)", cut), ("time budget (cosine ends at the stop)", budget)):
+        print(f"| {name} | {r['steps']} | {r['train_s']:.1f} | {r['last_lr']:.2e} | {r['final_val_loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
