@@ -196,3 +196,11 @@ def prefect_api(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny play-like corpus made by the real data-stage functions (tests/lmdata.py)."""
+    from tests.lmdata import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"))

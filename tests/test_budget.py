@@ -11,15 +11,9 @@ from lightning_modules.budget import TimeBudget
 from lightning_modules.train import fit
 from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError
-from tests.lmdata import make_corpus
 from tests.test_lm import TINY
 
 BUDGET = dict(TINY, max_steps=100_000, val_every=40, warmup_steps=5)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _budget(trainer) -> TimeBudget:

@@ -12,14 +12,8 @@ from lightning_modules.onehot import OneHotInput, onehot
 from lightning_modules.sampling import generate, sample_ids
 from lightning_modules.train import evaluate, fit
 from lightning_modules.vocab import Vocab
-from tests.lmdata import make_corpus
 
 TINY = dict(hidden=32, layers=2, batch_size=8, seq_len=32, val_every=20, progress_every=0, accelerator="cpu", eval_batch=4, eval_len=256, lr=1e-2)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_onehot_input_is_a_column_lookup():
