@@ -14,8 +14,9 @@ Training regimes (manual optimisation, one optimizer step per batch):
   this window's last). K1 = K2 is the usual case: the state is carried from batch to
   batch and detached at every boundary.
 
-Both clip the gradient norm (Pascanu et al. 2013) and follow a linear-warmup cosine
-learning-rate schedule by optimizer step. Losses are in nats per token; validation also
+Both clip the gradient norm (Pascanu et al. 2013) and follow a learning-rate schedule by
+optimizer step: linear warmup, then a cosine decay over the whole run (decay_frac = 1) or
+over its last decay_frac part after a constant stretch (warmup-stable-decay, decay_frac < 1). Losses are in nats per token; validation also
 logs bits per token (nats / ln 2) and perplexity (e^nats).
 
 Checkpoints carry, beyond Lightning's own state (weights, optimizer, step, loops): the
@@ -50,6 +51,7 @@ class CharLM(L.LightningModule):
         lr: float = 3e-3,
         min_lr_frac: float = 0.1,
         warmup_steps: int = 0,
+        decay_frac: float = 1.0,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.99),
         clip: float = 1.0,
@@ -65,6 +67,8 @@ class CharLM(L.LightningModule):
             raise ValueError(f"bptt must be 'full' or 'tbptt', got {bptt!r}")
         if bptt == "tbptt" and not 0 < k1 <= k2:
             raise ValueError(f"truncated BPTT needs 0 < k1 <= k2, got k1={k1}, k2={k2}")
+        if not 0 < decay_frac <= 1:
+            raise ValueError(f"decay_frac must be in (0, 1], got {decay_frac}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = CharRNN(vocab_size, cell, hidden, layers, dropout, input, fused=fused)
@@ -75,17 +79,23 @@ class CharLM(L.LightningModule):
 
     # -- schedule -------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Linear warmup, then cosine from lr down to min_lr_frac * lr at `schedule_steps`.
+        """Linear warmup, a constant stretch, then a cosine down to min_lr_frac * lr at `schedule_steps`.
 
-        lr_s = lr (s + 1) / W for s < W, then
-        lr_s = lr (m + (1 - m) (1 + cos(pi min(1, (s - W) / (S - W)))) / 2),
+        lr_s = lr (s + 1) / W                                   for s < W, then
+        lr_s = lr (m + (1 - m) (1 + cos(pi clip((s - W - (1 - d)(S - W)) / (d (S - W)), 0, 1))) / 2),
         with W = warmup_steps, m = min_lr_frac, S = schedule_steps (max_steps unless a time
-        budget moved it, lightning_modules/budget.py).
+        budget moved it, lightning_modules/budget.py) and d = decay_frac. d = 1 is the plain
+        cosine from the end of the warmup; d < 1 holds lr until S - d (S - W) and decays over
+        the last d (S - W) steps only: warmup-stable-decay (Hu et al. 2024, MiniCPM;
+        Hägele et al. 2024): the high rate is kept longer, and while it is constant a time
+        budget's re-estimates of S change nothing.
         """
         hp = self.hparams
         if step < hp.warmup_steps:
             return hp.lr * (step + 1) / hp.warmup_steps
-        frac = min(1.0, (step - hp.warmup_steps) / max(1, self.schedule_steps - hp.warmup_steps))
+        span = max(1, self.schedule_steps - hp.warmup_steps)
+        d = hp.decay_frac
+        frac = min(1.0, max(0.0, (step - hp.warmup_steps - (1 - d) * span) / (d * span)))
         return hp.lr * (hp.min_lr_frac + (1 - hp.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def configure_optimizers(self):

@@ -78,6 +78,7 @@ class TrainParams:
     lr: float = 3e-3
     min_lr_frac: float = 0.1
     warmup_steps: int = 0
+    decay_frac: float = 1.0
     weight_decay: float = 0.01
     clip: float = 1.0
     max_steps: int = 1000
@@ -101,6 +102,10 @@ class TrainParams:
             raise UserError(f"{PARAMS}: {path}.dropout: must be in [0, 1), got {self.dropout}")
         if not 0 <= self.min_lr_frac <= 1:
             raise UserError(f"{PARAMS}: {path}.min_lr_frac: must be in [0, 1], got {self.min_lr_frac}")
+        if not 0 < self.decay_frac <= 1:
+            raise UserError(
+                f"{PARAMS}: {path}.decay_frac: must be in (0, 1] (1: cosine over the whole run), got {self.decay_frac}"
+            )
         world = self.devices * self.num_nodes
         if self.batch_size % world or self.eval_batch % world:
             raise UserError(f"{PARAMS}: {path}.batch_size/eval_batch: must divide by devices x num_nodes = {world}")

@@ -1,0 +1,66 @@
+"""The learning-rate schedule (CharLM.lr_at): warmup, cosine, warmup-stable-decay, and its params."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lightning_modules.module import CharLM
+from lightning_modules.train import fit
+from pipeline.config import load_params, parse_sets
+from pipeline.errors import UserError
+from tests.test_budget import BUDGET, _budget
+
+LR, M, W, S = 2e-3, 0.1, 10, 110
+
+
+def _module(**kw) -> CharLM:
+    return CharLM(vocab_size=5, hidden=4, layers=1, lr=LR, min_lr_frac=M, warmup_steps=W, max_steps=S, **kw)
+
+
+def _cosine(step: int) -> float:
+    """The plain schedule written out: linear warmup, then cosine from LR to M * LR over S - W steps."""
+    if step < W:
+        return LR * (step + 1) / W
+    t = min(1.0, (step - W) / (S - W))
+    return LR * (M + (1 - M) * (1 + math.cos(math.pi * t)) / 2)
+
+
+def test_decay_frac_1_is_the_plain_cosine_exactly():
+    m = _module()
+    assert m.hparams.decay_frac == 1.0
+    for s in range(0, S + 20):
+        assert m.lr_at(s) == _cosine(s), s
+
+
+def test_warmup_stable_decay():
+    m = _module(decay_frac=0.2)  # 100 steps after warmup: 80 held, 20 decaying
+    assert [m.lr_at(s) for s in range(W)] == [_cosine(s) for s in range(W)]
+    assert all(m.lr_at(s) == LR for s in range(W, W + 81))
+    decay = [m.lr_at(s) for s in range(W + 80, S + 1)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))  # strictly down to the floor
+    assert m.lr_at(W + 90) == pytest.approx(LR * (M + (1 - M) / 2))  # the cosine's middle
+    assert m.lr_at(S) == pytest.approx(LR * M) and m.lr_at(S + 50) == pytest.approx(LR * M)
+    m.schedule_steps = 210  # a time budget moved the end: the decay moves with it
+    assert m.lr_at(S) == LR and m.lr_at(210) == pytest.approx(LR * M)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_bad_decay_frac(bad):
+    with pytest.raises(ValueError, match="decay_frac"):
+        _module(decay_frac=bad)
+    with pytest.raises(UserError, match=r"train\.decay_frac: must be in \(0, 1\]"):
+        load_params("params.yaml", parse_sets([f"train.decay_frac={bad}"]))
+
+
+def test_decay_frac_from_params():
+    assert load_params("params.yaml").train.to_fit()["decay_frac"] == 1.0
+    assert load_params("params.yaml", parse_sets(["train.decay_frac=0.25"])).train.to_fit()["decay_frac"] == 0.25
+
+
+def test_time_budget_with_warmup_stable_decay(corpus, tmp_path):
+    r = fit(dict(BUDGET, max_seconds=3.0, decay_frac=0.25), corpus, tmp_path / "w")
+    m, steps = r["module"], r["steps"]
+    assert steps == _budget(r["trainer"]).stop_step == m.schedule_steps
+    assert m.lr_at(steps // 2) == m.hparams.lr  # still held at half the budget
+    assert m.lr_at(steps - 1) == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
