@@ -1,14 +1,16 @@
-"""Quality per second: a time budget whose cosine ends with it, against the same run cut off.
+"""Quality per second: a time budget whose schedule ends with it, against the same run cut off.
 
     python bench/time_budget.py                 # the cpu preset, 60 s of training each
     python bench/time_budget.py --seconds 120 --device cuda --preset gpu
 
-Both runs train the same model from the same seed for the same seconds of training
+The runs train the same model from the same seed for the same seconds of training
 (validation left out) and are scored by one last validation at the stop:
-- cut: the preset's schedule (cosine over its max_steps), stopped when the time is up, which
-  is what stopping a run by the clock gives you;
+- cut: a cosine over the preset's max_steps (decay_frac 1), stopped when the time is up,
+  which is what stopping a run by the clock gives you;
 - budget: `train.max_seconds` (lightning_modules/budget.py): the steps that fit are
-  estimated as it goes and the cosine ends at the stop.
+  estimated as it goes and the cosine ends at the stop;
+- wsd: the same budget, warmup-stable-decay (`train.decay_frac`, default 0.2 here): lr held,
+  then the cosine over the last 20% of the steps only.
 Writes bench/out/time_budget_<device>.json and prints a table.
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main():
     ap.add_argument("--preset", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
+    ap.add_argument("--decay-frac", type=float, default=0.2, help="the wsd run's train.decay_frac")
     ap.add_argument("--quick", action="store_true", help="a tiny model for 5 s: checks the script")
     a = ap.parse_args()
     if not (Path(a.data) / "meta.json").exists():
@@ -66,16 +69,21 @@ def main():
     cfg = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
     # validation time is left out of both clocks; the budget re-estimates at each validation
     cfg.update(progress_every=0, val_every=5 if a.quick else 100)
-    cut = run(dict(cfg), a.data, [CutOff(a.seconds)])
-    budget = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds), a.data)
+    cut = run(dict(cfg, decay_frac=1.0), a.data, [CutOff(a.seconds)])
+    budget = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds, decay_frac=1.0), a.data)
+    wsd = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds, decay_frac=a.decay_frac), a.data)
     res = {"preset": a.preset, "device": a.device, "seconds": a.seconds, "max_steps of the cut run": cfg["max_steps"],
-           "cut": cut, "budget": budget, "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4)}
+           "decay_frac of the wsd run": a.decay_frac, "cut": cut, "budget": budget, "wsd": wsd,
+           "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4),
+           "val_loss_gain_wsd": round(cut["final_val_loss"] - wsd["final_val_loss"], 4)}
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"time_budget_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device} | steps | train s | lr at the stop | val_loss at the stop |")
     print("|---|---:|---:|---:|---:|")
-    for name, r in (("cut off (cosine over max_steps)", cut), ("time budget (cosine ends at the stop)", budget)):
+    rows = (("cut off (cosine over max_steps)", cut), ("time budget (cosine ends at the stop)", budget),
+            (f"time budget, warmup-stable-decay (decay_frac {a.decay_frac})", wsd))
+    for name, r in rows:
         print(f"| {name} | {r['steps']} | {r['train_s']:.1f} | {r['last_lr']:.2e} | {r['final_val_loss']:.4f} |")
 
 

@@ -26,46 +26,34 @@ what is left of the budget, not a new one (with a changed budget, S is estimated
 from __future__ import annotations
 
 import math
-import time
 
 import torch
-from lightning.pytorch.callbacks import Callback
+
+from lightning_modules.clock import TrainClock
 
 
-class TimeBudget(Callback):
+class TimeBudget(TrainClock):
     def __init__(self, max_seconds: float, calibrate: int = 10):
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
         if calibrate < 2:
             raise ValueError(f"calibrate must be >= 2 steps, got {calibrate}")
+        super().__init__()
         self.max_seconds, self.calibrate = float(max_seconds), calibrate
-        self.spent = 0.0  # seconds trained before this process (a resumed run)
         self.stop_step: int | None = None
-        self._t0 = self._v0 = None
-        self._in_val = 0.0
         self._mark = None  # (step, train seconds) at the previous estimate
 
-    # -- the training clock: seconds since train start, validation left out ---------------
-    def train_seconds(self) -> float:
-        if self._t0 is None:
-            return self.spent
-        return self.spent + time.perf_counter() - self._t0 - self._in_val
-
+    # -- the clock is TrainClock's (validation left out); these hooks add the estimates -----
     def on_train_start(self, trainer, pl_module):
-        self._t0, self._in_val = time.perf_counter(), 0.0
+        super().on_train_start(trainer, pl_module)
         self._mark = None
         # the schedule belongs to the budget: a resumed run takes the restored end, a new one max_steps
         pl_module.schedule_steps = self.stop_step or pl_module.hparams.max_steps
         if self.stop_step is not None and trainer.global_step >= self.stop_step:
             trainer.should_stop = True  # resumed after the budget was spent: not one step more
 
-    def on_validation_start(self, trainer, pl_module):
-        self._v0 = time.perf_counter()
-
     def on_validation_end(self, trainer, pl_module):
-        if self._v0 is not None:
-            self._in_val += time.perf_counter() - self._v0
-            self._v0 = None
+        super().on_validation_end(trainer, pl_module)
         if trainer.sanity_checking or self._t0 is None:
             return
         if self.stop_step is not None and trainer.global_step >= self.stop_step:

@@ -3,8 +3,8 @@
 `fit(cfg, data_dir, out_dir)` is the one training routine: the DVC stage, the Prefect
 flow, the studies, the benchmarks and the tests call it (pipeline/train.py adds params.yaml,
 MLflow and the metric files around it). `cfg` holds the model, optimisation and trainer
-settings (see `DEFAULTS`); `max_seconds` adds a time budget (lightning_modules/budget.py). Checkpoints: out_dir/best.ckpt (lowest val_loss) and
-out_dir/last.ckpt, written by rank 0 only.
+settings (see `DEFAULTS`); `max_seconds` adds a time budget (lightning_modules/budget.py).
+Checkpoints: out_dir/best.ckpt (lowest val_loss) and out_dir/last.ckpt, written by rank 0 only.
 """
 from __future__ import annotations
 

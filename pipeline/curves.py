@@ -4,32 +4,24 @@
 `log_every` steps and val_loss at every validation, and rewrites the CSVs atomically at
 each validation and at the end (a run that dies keeps the curves up to its last
 validation). val_loss.csv also has wall_s (seconds since training started) and train_s
-(the same without the time spent validating), for quality-per-second figures.
+(the same without the time spent validating: lightning_modules/clock.py, the clock a time
+budget counts), for quality-per-second figures.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
-
+from lightning_modules.clock import TrainClock
 from pipeline.atomic import atomic_path, write_text
 
 
-class CurveRecorder(Callback):
+class CurveRecorder(TrainClock):
     def __init__(self, out_dir: str | Path, log_every: int):
+        super().__init__()
         self.out_dir, self.log_every = Path(out_dir), log_every
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float, float, float, float]] = []
         self._pending = []
-        self.t0 = None
-        self.in_val = 0.0  # seconds spent validating, kept out of train_s
-
-    def on_train_start(self, trainer, pl_module):
-        self.t0 = time.perf_counter()
-
-    def on_validation_start(self, trainer, pl_module):
-        self._v0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step - 1  # the step just taken
@@ -42,12 +34,11 @@ class CurveRecorder(Callback):
         self._pending = []
 
     def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module)
         m = trainer.callback_metrics
-        now = time.perf_counter()
-        self.in_val += now - getattr(self, "_v0", now)
         if trainer.is_global_zero and "val_loss" in m and not trainer.sanity_checking:
-            wall = now - (self.t0 or now)
-            self.val.append((trainer.global_step, float(m["val_loss"]), float(m["val_bpc"]), wall, wall - self.in_val))
+            wall, train = self.wall_seconds(), self.train_seconds()
+            self.val.append((trainer.global_step, float(m["val_loss"]), float(m["val_bpc"]), wall, train))
             self.write()
 
     def on_train_end(self, trainer, pl_module):

@@ -54,7 +54,8 @@ def test_bad_decay_frac(bad):
 
 
 def test_decay_frac_from_params():
-    assert load_params("params.yaml").train.to_fit()["decay_frac"] == 1.0
+    assert load_params("params.yaml").train.to_fit()["decay_frac"] == 0.2  # the workflow's default: WSD
+    assert load_params("params.yaml", parse_sets(["preset=gpu"])).train.decay_frac == 0.2
     assert load_params("params.yaml", parse_sets(["train.decay_frac=0.25"])).train.to_fit()["decay_frac"] == 0.25
 
 
