@@ -7,7 +7,7 @@
 #      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
 #   4. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
 #   5. the gpu preset through the project's own entry point (python -m pipeline.train, tracking off)
-#      with a 120 s budget (train.max_seconds: the cosine ends when it is spent):
+#      with a 120 s budget (train.max_seconds: the decay of the schedule ends when it is spent):
 #      val_loss against training seconds (targets: <= 1.47 within 20 s, <= 1.40 within 120 s)
 #   6. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call;
 #      anchor_limits_gpu.py too when ANCHOR_LIMITS=1 (about 2.5 more minutes)
@@ -63,7 +63,7 @@ DEV=cpu; $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 
 step 100 train_step $PY bench/train_step.py --device $DEV $QUICK; grep "^|" "$LOGS/train_step.log" > "$LOGS/train_step.md"
 step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"
 step 80 sample_speed $PY bench/sample_speed.py --device $DEV $([ -n "$QUICK" ] && echo "--length 50"); grep "^|" "$LOGS/sample_speed.log" > "$LOGS/sample_speed.md"
-# target 1 is "within 120 s of training": a 120 s budget (train.max_seconds), the cosine fitted to it
+# target 1 is "within 120 s of training": a 120 s budget (train.max_seconds), the schedule fitted to it
 SECS=120; [ -n "$QUICK" ] && SECS=8
 PRESET="--set preset=gpu"; [ "$DEV" = cpu ] && PRESET="--set train.hidden=64 --set train.layers=1 --set train.batch_size=8"
 VAL=$([ -n "$QUICK" ] && echo 10 || echo 125)
