@@ -106,6 +106,12 @@ class TrainParams:
             raise UserError(
                 f"{PARAMS}: {path}.decay_frac: must be in (0, 1] (1: cosine over the whole run), got {self.decay_frac}"
             )
+        decay_steps = self.decay_frac * (self.max_steps - self.warmup_steps)
+        if self.max_seconds is None and decay_steps < 1:
+            raise UserError(
+                f"{PARAMS}: {path}.decay_frac: {self.decay_frac} x (max_steps - warmup_steps) = {decay_steps:.2g} steps"
+                " of decay, the lr would never come down; raise decay_frac or max_steps"
+            )
         world = self.devices * self.num_nodes
         if self.batch_size % world or self.eval_batch % world:
             raise UserError(f"{PARAMS}: {path}.batch_size/eval_batch: must divide by devices x num_nodes = {world}")

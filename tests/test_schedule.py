@@ -53,6 +53,12 @@ def test_bad_decay_frac(bad):
         load_params("params.yaml", parse_sets([f"train.decay_frac={bad}"]))
 
 
+def test_a_decay_shorter_than_one_step_is_refused():
+    with pytest.raises(UserError, match=r"train\.decay_frac: 0\.001 x \(max_steps - warmup_steps\) = 0\.5 steps"):
+        load_params("params.yaml", parse_sets(["train.decay_frac=0.001", "train.max_steps=550"]))
+    load_params("params.yaml", parse_sets(["train.decay_frac=0.002", "train.max_steps=550"]))  # one step: allowed
+
+
 def test_decay_frac_from_params():
     assert load_params("params.yaml").train.to_fit()["decay_frac"] == 0.2  # the workflow's default: WSD
     assert load_params("params.yaml", parse_sets(["preset=gpu"])).train.decay_frac == 0.2
