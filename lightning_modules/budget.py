@@ -1,9 +1,9 @@
-"""Train for a budget of seconds instead of a number of steps, the cosine fitted to it.
+"""Train for a budget of seconds instead of a number of steps, the schedule fitted to it.
 
 `TimeBudget(max_seconds)` is a Lightning callback. The learning-rate schedule of CharLM is
-by step (warmup, then cosine down to min_lr_frac * lr at `schedule_steps`); with a time
-budget the number of steps that fit is not known in advance, so this callback estimates it
-and moves the end of the cosine (and the stop) there:
+by step (warmup, lr held, then a cosine down to min_lr_frac * lr at `schedule_steps`;
+CharLM.lr_at); with a time budget the number of steps that fit is not known in advance, so
+this callback estimates it and moves the end of the schedule (and the stop) there:
 
     S = s + floor((budget - t_train) / dt)
 
@@ -11,14 +11,16 @@ where s is the current step, t_train the seconds spent training so far (validati
 left out, as in the curves' train_s) and dt the seconds per step measured since the
 previous estimate. S is clamped to [s, max_steps]: max_steps stays a hard cap, so a run
 ends at whichever comes first (the cap is the module's max_steps, not the trainer's, so a
-run stopped early on purpose keeps the schedule of the whole run).
+run stopped early on purpose keeps the schedule of the whole run). Once a short decay
+(decay_frac < 1) has begun, S may only come earlier: a later S would lift the lr back up
+the decay (by about 1/decay_frac times what the same move does to a whole-run cosine).
 
 The estimate is made only at sync points, so that every DDP rank uses the same S and the
 ranks' learning rates (hence their weights) never drift apart: once at step `calibrate`
 (the clock read after a device synchronize) and at the end of every validation. Rank 0
 computes S and broadcasts it. When step S is reached, the callback sets
 `trainer.should_stop`, and Lightning then runs one last validation, so the model at the
-end of the cosine (usually the best) is scored and checkpointed.
+end of the schedule (usually the best) is scored and checkpointed.
 
 The state (seconds trained, S, the budget) is saved in checkpoints: a resumed run spends
 what is left of the budget, not a new one (with a changed budget, S is estimated again).
@@ -84,6 +86,8 @@ class TimeBudget(TrainClock):
         total = None
         if trainer.is_global_zero:
             total = self.projected_steps(step, now, self._mark, self.max_seconds, pl_module.hparams.max_steps)
+            if self.stop_step is not None and pl_module.hparams.decay_frac < 1 and step >= pl_module.decay_start():
+                total = min(total, self.stop_step)  # decaying: only an earlier end keeps the lr going down
         total = trainer.strategy.broadcast(total, src=0)
         self._mark = (step, now)
         self.stop_step = total

@@ -4,7 +4,10 @@
 lightning_modules/budget.py, and the loss curves' train_s, pipeline/curves.py), so that a
 budget and the curves of the same run count the same seconds:
 
-    t_train = (now - t_start) - sum of the validations' durations (+ seconds spent before a resume)
+    t_train = spent + (now - t_start) - sum of the validations' durations
+
+where spent is 0 for a new run; on a resume the budget restores the seconds spent before
+(its state is in the checkpoint), while the curves, written per run, start again at 0.
 """
 from __future__ import annotations
 

@@ -93,10 +93,14 @@ class CharLM(L.LightningModule):
         hp = self.hparams
         if step < hp.warmup_steps:
             return hp.lr * (step + 1) / hp.warmup_steps
-        span = max(1, self.schedule_steps - hp.warmup_steps)
-        d = hp.decay_frac
-        frac = min(1.0, max(0.0, (step - hp.warmup_steps - (1 - d) * span) / (d * span)))
+        span, d = max(1, self.schedule_steps - hp.warmup_steps), hp.decay_frac
+        frac = min(1.0, max(0.0, (step - hp.warmup_steps - (1 - d) * span) / (d * span)))  # 0 at decay_start()
         return hp.lr * (hp.min_lr_frac + (1 - hp.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def decay_start(self) -> float:
+        """The step where the decay begins: W + (1 - d)(S - W) (W itself for the plain cosine)."""
+        hp = self.hparams
+        return hp.warmup_steps + (1 - hp.decay_frac) * max(1, self.schedule_steps - hp.warmup_steps)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from lightning_modules.module import CharLM
 from lightning_modules.train import fit
@@ -71,3 +73,30 @@ def test_time_budget_with_warmup_stable_decay(corpus, tmp_path):
     assert steps == _budget(r["trainer"]).stop_step == m.schedule_steps
     assert m.lr_at(steps // 2) == m.hparams.lr  # still held at half the budget
     assert m.lr_at(steps - 1) == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
+
+
+class SpeedUp(Callback):
+    """Slow steps (a sleep) until the decay begins, fast ones after; records the lr of every step."""
+
+    def __init__(self, sleep: float):
+        self.sleep, self.lrs = sleep, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step
+        self.lrs.append(pl_module.lr_at(step))
+        if step < pl_module.decay_start():
+            time.sleep(self.sleep)
+
+
+def test_a_budget_does_not_lift_the_lr_back_up_the_decay(corpus, tmp_path):
+    # steps get 4x+ faster once the decay begins: the validations inside the decay would
+    # estimate a later end S, lifting the lr back up; a decay that has begun only comes earlier
+    rec = SpeedUp(0.02)
+    r = fit(dict(BUDGET, max_seconds=3.0, decay_frac=0.5, val_every=10), corpus, tmp_path / "u", callbacks=[rec])
+    m, lrs = r["module"], rec.lrs
+    start = math.ceil(m.decay_start())
+    assert m.hparams.warmup_steps < start < r["steps"] - 10  # validations fell inside the decay
+    decay = lrs[start:]
+    assert all(b <= a for a, b in zip(decay, decay[1:])), "the lr went back up during the decay"
+    assert lrs[-1] == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
+    assert _budget(r["trainer"]).train_seconds() <= 3.0 * 1.5 + 1.0
