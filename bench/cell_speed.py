@@ -5,9 +5,10 @@
     python bench/cell_speed.py --quick          # a couple of repetitions, to check the script
 
 Rows: every LSTM variant of `lightning_modules/cells.py` run the way the project runs it
-(whole sequence, hand-written BPTT: `lightning_modules/lstm_seq.py`; on a GPU its gate
-arithmetic is one Triton kernel per step, `lightning_modules/lstm_triton.py`, and a row with
-LSTM_TRITON=0 shows the torch-op loop it replaces; rows with LSTM_GRAPH=1 replay each call
+(whole sequence, hand-written BPTT: `lightning_modules/lstm_seq.py`; its gate arithmetic is
+one kernel per step: on a GPU Triton, `lightning_modules/lstm_triton.py`, on the CPU compiled
+C, `lightning_modules/lstm_cpu.py`, and rows with LSTM_TRITON=0 / LSTM_CPU_KERNEL=0 show the
+torch-op loop each replaces; rows with LSTM_GRAPH=1 replay each call
 as a CUDA graph, `lightning_modules/lstm_graph.py`; bf16 rows run under autocast against
 cuDNN under autocast), the same LSTM as the autograd loop it replaced (`LSTMCell.loop`, one
 step at a time), and the slide's GRU (hand-written BPTT, `lightning_modules/gru_seq.py`, torch
@@ -86,7 +87,7 @@ def throughput(cell: str, fused: bool, H: int, B: int, T: int, reps: int, device
     return B * T * reps / (time.perf_counter() - t)
 
 
-TRITON_OFF, GRAPH_ON = {"LSTM_TRITON": "0"}, {"LSTM_GRAPH": "1"}
+TRITON_OFF, GRAPH_ON, CPU_OFF = {"LSTM_TRITON": "0"}, {"LSTM_GRAPH": "1"}, {"LSTM_CPU_KERNEL": "0"}
 
 
 def rows_for(gpu: bool) -> list[tuple]:
@@ -95,6 +96,9 @@ def rows_for(gpu: bool) -> list[tuple]:
             ("lstm, autograd loop (before)", "lstm", False, True, {}, False)]
     if gpu:
         rows.append(("lstm, hand-written BPTT, torch ops (LSTM_TRITON=0)", "lstm", False, False, TRITON_OFF, False))
+    else:
+        rows += [(f"{c}, hand-written BPTT, torch ops (LSTM_CPU_KERNEL=0)", c, False, False, CPU_OFF, False)
+                 for c in ("lstm", "lstm-v", "lstm-fgr")]
     rows += [(f"{c}, hand-written BPTT", c, False, False, {}, False) for c in LSTM_NAMES]
     if gpu:
         rows += [(f"{c}, + CUDA graph (LSTM_GRAPH=1)", c, False, False, GRAPH_ON, False) for c in ("lstm", "lstm-v", "lstm-fgr")]
@@ -107,8 +111,8 @@ def rows_for(gpu: bool) -> list[tuple]:
 
 
 def with_env(env: dict, fn, *args):
-    old = {k: os.environ.get(k) for k in ("LSTM_TRITON", "LSTM_GRAPH")}
-    os.environ.update({"LSTM_TRITON": "1", "LSTM_GRAPH": "0", **env})
+    old = {k: os.environ.get(k) for k in ("LSTM_TRITON", "LSTM_GRAPH", "LSTM_CPU_KERNEL")}
+    os.environ.update({"LSTM_TRITON": "1", "LSTM_GRAPH": "0", "LSTM_CPU_KERNEL": "1", **env})
     try:
         return fn(*args)
     finally:

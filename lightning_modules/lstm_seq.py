@@ -34,7 +34,8 @@ The recurrence and its BPTT run in the promoted dtype of xw and W_h (under autoc
 float32; autocast is switched off inside, also around a backward called in its region). On a
 GPU with Triton the per-step gate arithmetic runs as one fused kernel (`lstm_triton`, the
 same equations and buffers), and with LSTM_GRAPH=1 each whole call is replayed as a CUDA
-graph (`lstm_graph`); elsewhere it runs as the torch operations below.
+graph (`lstm_graph`); on the CPU in float32 it is one call of a compiled C loop per step
+(`lstm_cpu`, LSTM_CPU_KERNEL=0 turns it off); elsewhere it runs as the torch operations below.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lightning_modules import lstm_graph, lstm_triton
+from lightning_modules import lstm_cpu, lstm_graph, lstm_triton
 
 
 @dataclass(frozen=True)
@@ -268,11 +269,15 @@ def no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _impl(x: Tensor, torch_ops, fused):
-    """The torch-op version, the fused Triton one (CUDA), or that one replayed as a CUDA graph."""
+def _impl(x: Tensor, lay: Layout, name: str):
+    """`name` (lstm_forward or lstm_backward) in its torch-op version (this module), the fused
+    Triton one (CUDA), that one replayed as a CUDA graph, or the compiled C one (CPU, float32)."""
+    fused = getattr(lstm_triton, name)
     if lstm_graph.enabled(x):
         return partial(lstm_graph.run, fused)
-    return fused if lstm_triton.usable(x) else torch_ops
+    if lstm_triton.usable(x):
+        return fused
+    return getattr(lstm_cpu, name) if lstm_cpu.usable(x, lay) else globals()[name]
 
 
 class LSTMSequence(torch.autograd.Function):
@@ -285,7 +290,7 @@ class LSTMSequence(torch.autograd.Function):
         xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
         peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
         with no_autocast(xw):
-            Y, C, HC, SG, A = _impl(xw_, lstm_forward, lstm_triton.lstm_forward)(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
+            Y, C, HC, SG, A = _impl(xw_, lay, "lstm_forward")(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
         ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
         ctx.peep_names = tuple(peep)
         ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
@@ -299,7 +304,7 @@ class LSTMSequence(torch.autograd.Function):
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
         with no_autocast(A):
-            dA, dW, dh0, dc0, dp, dR = _impl(A, lstm_backward, lstm_triton.lstm_backward)(
+            dA, dW, dh0, dc0, dp, dR = _impl(A, ctx.lay, "lstm_backward")(
                 ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
                 dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
         x_dt, w_dt, h_dt, c_dt = ctx.dtypes

@@ -4,7 +4,8 @@ Why: on a GPU the eager loop of `lstm_seq.lstm_forward` launches about a dozen e
 kernels per time step (two dozen in the backward pass), each a few microseconds of launch
 for a few hundred kilobytes of work: the loop is launch-bound. Here each time step is one
 cuBLAS matmul (W_h h_{t-1}; FGR: + R [i, f, o]_{t-1}) and ONE fused kernel for everything
-else, forward and backward; the weight gradients stay one matmul over all time steps
+else, forward and backward (the time loop around them: `lstm_steps`, shared with the CPU's
+C kernels of `lstm_cpu`); the weight gradients stay one matmul over all time steps
 (`lstm_seq.weight_grads`). The equations are the ones in `lstm_seq` (same buffers, same
 layout: A holds the gate activations written over the pre-activations), so the two paths
 are interchangeable and tested against each other (tests/test_lstm_triton.py, which runs
@@ -32,6 +33,8 @@ import os
 
 import torch
 from torch import Tensor
+
+from lightning_modules import lstm_steps
 
 try:  # Triton ships with CUDA builds of torch; CPU builds (and this module's users) may lack it
     import triton
@@ -218,66 +221,33 @@ def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: di
 
 def _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg):
     _check_size(xw)
-    B, T, GH = xw.shape
-    H = lay.H
-    k = len(lay.sig_names)
-    A = xw.clone(memory_format=torch.contiguous_format)
-    C = xw.new_empty(B, T + 1, H)
-    C[:, 0] = c0
-    Y = xw.new_empty(B, T, H)
-    HC = xw.new_empty(B, T, H) if lay.output_act else None
-    SG = xw.new_empty(B, T, k * H) if lay.full_recurrence else None
-    r = xw.new_zeros(B, k * H) if lay.full_recurrence else None
-    w_t = w_hh.t()
-    w_gg_t = w_gg.t() if w_gg is not None else None
-    dummy = A
-    p = [peep.get(n, dummy) for n in ("i", "f", "o")]
-    N = B * H
-    grid = (triton.cdiv(N, BLOCK),)
-    fl = _flags(lay)
-    h = h0
-    for t in range(T):
-        A[:, t].addmm_(h, w_t)
-        if SG is not None and t > 0:
-            torch.mm(SG[:, t - 1], w_gg_t, out=r)
-        _fwd_step[grid](A, C, Y, HC if HC is not None else dummy, SG if SG is not None else dummy,
-                        r if r is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
-        h = Y[:, t]
-    return Y, C, HC, SG, A
+    return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher)
+
+
+def _fwd_launcher(z):
+    """step(t): `_fwd_step` over the B*H elements of step t (absent buffers: a dummy pointer)."""
+    p = [z.peep.get(n, z.A) for n in ("i", "f", "o")]
+    opt = [b if b is not None else z.A for b in (z.HC, z.SG, z.Rb)]
+    N = z.B * z.H
+    grid, fl = (triton.cdiv(N, BLOCK),), _flags(z.lay)
+    return lambda t: _fwd_step[grid](z.A, z.C, z.Y, *opt, *p, t, z.T, z.H, N, G=z.G, K=z.K, BLOCK=BLOCK, **fl)
 
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
                   dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
     with device_of(h0):
-        return _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT)
+        return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher)
 
 
-def _lstm_backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT):
-    from lightning_modules.lstm_seq import output_grad, weight_grads  # lstm_seq imports this module
-
-    Y, C, HC, SG, A = saved
-    B, T, GH = A.shape
-    H = lay.H
-    k = len(lay.sig_names)
-    dA = torch.empty_like(A)
-    dSG = A.new_empty(B, T, k * H) if w_gg is not None else None
-    dh = A.new_empty(B, H)
-    dc = dcT.clone(memory_format=torch.contiguous_format) if dcT is not None else A.new_zeros(B, H)
-    ex = A.new_zeros(B, k * H) if w_gg is not None else None
-    dummy = A
-    p = [peep.get(n, dummy) for n in ("i", "f", "o")]
-    N = B * H
-    grid = (triton.cdiv(N, BLOCK),)
-    fl = _flags(lay)
-    for t in range(T - 1, -1, -1):
-        output_grad(t, dY, dhT, dA, w_hh, dh)
-        if w_gg is not None and t < T - 1:
-            torch.mm(dSG[:, t + 1], w_gg, out=ex)
-        _bwd_step[grid](A, C, HC if HC is not None else dummy, dA, dSG if dSG is not None else dummy, dh, dc,
-                        ex if ex is not None else dummy, *p, t, T, H, N, G=GH // H, K=k, BLOCK=BLOCK, **fl)
-    dW, dh0, dp, dR = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg)
-    return dA, dW, dh0, dc, dp, dR
+def _bwd_launcher(z):
+    """step(t): `_bwd_step` over the B*H elements of step t (absent buffers: a dummy pointer)."""
+    p = [z.peep.get(n, z.A) for n in ("i", "f", "o")]
+    hc, dsg, ex = (b if b is not None else z.A for b in (z.HC, z.dSG, z.EX))
+    N = z.B * z.H
+    grid, fl = (triton.cdiv(N, BLOCK),), _flags(z.lay)
+    return lambda t: _bwd_step[grid](z.A, z.C, hc, z.dA, dsg, z.dh, z.dc, ex, *p, t, z.T, z.H, N,
+                                     G=z.G, K=z.K, BLOCK=BLOCK, **fl)
 
 
 if triton is not None:

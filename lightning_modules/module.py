@@ -16,8 +16,9 @@ Training regimes (manual optimisation, one optimizer step per batch):
 
 Both clip the gradient norm (Pascanu et al. 2013) and follow a learning-rate schedule by
 optimizer step: linear warmup, then a cosine decay over the whole run (decay_frac = 1) or
-over its last decay_frac part after a constant stretch (warmup-stable-decay, decay_frac < 1). Losses are in nats per token; validation also
-logs bits per token (nats / ln 2) and perplexity (e^nats).
+over its last decay_frac part after a constant stretch (warmup-stable-decay, decay_frac < 1).
+Losses are in nats per token; validation also logs bits per token (nats / ln 2) and
+perplexity (e^nats).
 
 Checkpoints carry, beyond Lightning's own state (weights, optimizer, step, loops): the
 vocabulary (so a checkpoint samples on its own), the TBPTT state and context, and the
