@@ -110,6 +110,15 @@ def rows_for(gpu: bool) -> list[tuple]:
     return rows
 
 
+def cpu_kernel_state() -> str:
+    """Which path the CPU's hand-written-BPTT rows took: the compiled C kernels or the torch ops."""
+    from lightning_modules import lstm_cpu
+    from lightning_modules.cells import LSTMCell
+
+    ok = lstm_cpu.usable(torch.zeros(1), LSTMCell(4, 4, "lstm").layout())
+    return "compiled C (lightning_modules/lstm_cpu.py)" if ok else "torch ops (no C compiler, or LSTM_CPU_KERNEL=0)"
+
+
 def with_env(env: dict, fn, *args):
     old = {k: os.environ.get(k) for k in ("LSTM_TRITON", "LSTM_GRAPH", "LSTM_CPU_KERNEL")}
     os.environ.update({"LSTM_TRITON": "1", "LSTM_GRAPH": "0", "LSTM_CPU_KERNEL": "1", **env})
@@ -157,6 +166,7 @@ def main():
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "shape": f"1 layer H{H} B{B} T{T}, forward+backward, fp32" + (" (GPU: TF32) and bf16 autocast" if gpu else ""),
         "fused_chars_per_s": round(base[False]),
+        "cpu_gate_kernel": cpu_kernel_state(),
         "max_abs_diff_to_loop": {c: float(f"{d:.3g}") for c, d in diffs.items()},
         "rows": {label: {"chars_per_s": round(best[label]), "ratio_to_fused": round(best[label] / base[bf16], 3)}
                  for label, _, _, _, _, bf16 in rows if label in best},
@@ -166,6 +176,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / f"cell_speed_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"equation cells vs the fused LSTM (same precision), {res['shape']}, {res['device']}")
+    if not gpu:
+        print(f"CPU gate arithmetic: {res['cpu_gate_kernel']}")
     print("| cell | chars/s | / fused |\n|---|---:|---:|")
     for label, r in res["rows"].items():
         print(f"| {label} | {r['chars_per_s']:,} | {r['ratio_to_fused']:.3f}x |")

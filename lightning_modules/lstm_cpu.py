@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -193,8 +194,12 @@ def _defines(lay) -> dict:
                 G=len(lay.gate_names), K=len(lay.sig_names))
 
 
-def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+def compiler() -> list[str] | None:
+    """The C compiler's command line: CC split like a shell would ("ccache gcc" works), else gcc or cc."""
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("gcc") or shutil.which("cc")
+    return [found] if found else None
 
 
 def cache_dir() -> Path:
@@ -223,11 +228,11 @@ def build(defs: dict) -> Path:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (set CC, or install gcc)")
-    if shutil.which(cc) is None:
-        raise RuntimeError(f"the C compiler {cc!r} was not found (set CC to one that exists)")
+    if shutil.which(cc[0]) is None:
+        raise RuntimeError(f"the C compiler {cc[0]!r} was not found (set CC to one that exists)")
     flags = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
     flags += [f"-D{k}={v}" for k, v in sorted(defs.items())]
-    key = hashlib.sha256("\0".join([SOURCE, cc, *flags, _cpu_id()]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join([SOURCE, *cc, *flags, _cpu_id()]).encode()).hexdigest()[:20]
     out = cache_dir() / f"lstm_step_{key}.so"
     if out.exists():
         return out
@@ -238,13 +243,13 @@ def build(defs: dict) -> Path:
         so = Path(tmp) / out.name
         err = ""
         for arch in (["-march=native"], []):  # some compilers lack -march=native
-            res = subprocess.run([cc, *flags, *arch, str(src), "-o", str(so), "-lm"], capture_output=True,
-                                 text=True, timeout=300)
+            res = subprocess.run([*cc, *flags, *arch, str(src), "-o", str(so), "-lm"], capture_output=True,
+                                 text=True, errors="replace", timeout=300)
             if res.returncode == 0:
                 os.replace(so, out)  # atomic: a reader sees the whole library or none
                 return out
             err = (res.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise RuntimeError(f"{cc} could not build the LSTM step kernel: {err}")
+        raise RuntimeError(f"{' '.join(cc)} could not build the LSTM step kernel: {err}")
 
 
 def library(lay) -> ctypes.CDLL | None:
@@ -282,7 +287,8 @@ def usable(x: Tensor, lay) -> bool:
 def _ptr(x: Tensor | None) -> int | None:
     if x is None:
         return None
-    assert x.is_contiguous() and x.dtype == torch.float32, "the C kernel needs contiguous float32 buffers"
+    if not (x.is_contiguous() and x.dtype == torch.float32):
+        raise ValueError(f"the LSTM C kernel needs contiguous float32 buffers, got {x.dtype} {tuple(x.stride())}")
     return x.data_ptr()
 
 
@@ -307,8 +313,10 @@ def _fwd_launcher(z):
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
                   dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
-    """`lstm_seq.lstm_backward` with the gate arithmetic in one C call per step; same returns."""
+    """`lstm_seq.lstm_backward` with the gate arithmetic in one C call per step; same returns.
+    Saved buffers are made contiguous (a saved-tensors hook may hand back another layout)."""
     peep = {n: p.contiguous() for n, p in peep.items()}
+    saved = tuple(b.contiguous() if b is not None else None for b in saved)
     return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher)
 
 

@@ -16,8 +16,16 @@ import torch
 from torch import Tensor
 
 
+def _check_r(lay, w_gg: Tensor | None) -> None:
+    """The kernels take FGR from the layout: R must be given exactly when the layout has it."""
+    if (w_gg is not None) != lay.full_recurrence:
+        raise ValueError(f"the gate matrix R (w_gg) is {'missing' if w_gg is None else 'given'} but the layout "
+                         f"has full_recurrence={lay.full_recurrence}; pass R exactly for FGR")
+
+
 def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, make_fwd):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
+    _check_r(lay, w_gg)
     B, T, GH = xw.shape
     H = lay.H
     k = len(lay.sig_names)
@@ -47,6 +55,7 @@ def backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
     from lightning_modules.lstm_seq import output_grad, weight_grads  # lstm_seq imports the backends
 
+    _check_r(lay, w_gg)
     Y, C, HC, SG, A = saved
     B, T, GH = A.shape
     H = lay.H

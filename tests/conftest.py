@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -17,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Makefile exports for `make run`).
 for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "CORPUS_MIRROR"):
     os.environ.pop(_var, None)
+# The LSTM CPU kernels compile into a folder of this test run, not the user's cache.
+os.environ["LSTM_CPU_CACHE"] = tempfile.mkdtemp(prefix="lstm_cpu_cache_")
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 PY = sys.executable
 

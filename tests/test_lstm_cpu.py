@@ -19,11 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 needs_cc = pytest.mark.skipif(lstm_cpu.compiler() is None, reason="no C compiler on this machine")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LSTM_CPU_CACHE", str(tmp_path_factory.getbasetemp() / "lstm_cpu_cache"))
-
-
 def _inputs(name: str, B=3, T=6, H=8, I=5):
     torch.manual_seed(sum(map(ord, name)))
     cell = LSTMCell(I, H, name)
@@ -115,3 +110,35 @@ def test_without_a_compiler_the_torch_ops_run_with_one_warning(tmp_path):
     res = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "LSTM CPU kernel unavailable, using torch ops instead" in res.stdout
+
+
+@needs_cc
+def test_cc_may_carry_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_CPU_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{lstm_cpu.compiler()[0]} -std=c11")
+    assert lstm_cpu.build(lstm_cpu._defines(_inputs("lstm")[0])).exists()
+
+
+@needs_cc
+def test_saved_buffers_in_another_layout_give_the_same_gradients():
+    """A saved-tensors hook may hand back non-contiguous buffers: the C path copies them."""
+    lay, xw, w_hh, h0, c0, peep, w_gg = _inputs("lstm-fgr")
+    w_hh.requires_grad_(True)
+    pack = lambda t: t.transpose(0, 1).contiguous() if t.dim() == 3 else t  # noqa: E731
+    unpack = lambda t: t.transpose(0, 1) if t.dim() == 3 else t  # noqa: E731
+    grads = []
+    for hooks in (False, True):
+        w_hh.grad = None
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack) if hooks else torch.enable_grad():
+            y = lstm_seq.LSTMSequence.apply(lay, xw, w_hh, h0, c0, peep.get("i"), peep.get("f"), peep.get("o"), w_gg)[0]
+        y.square().sum().backward()
+        grads.append(w_hh.grad.clone())
+    assert (grads[0] - grads[1]).abs().max().item() < 1e-5
+
+
+def test_fgr_without_its_gate_matrix_is_a_clear_error():
+    lay, xw, w_hh, h0, c0, peep, w_gg = _inputs("lstm-fgr")
+    from lightning_modules import lstm_steps
+
+    with pytest.raises(ValueError, match="R \\(w_gg\\) is missing.*full_recurrence=True"):
+        lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, None, lambda z: None)
