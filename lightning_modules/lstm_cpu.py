@@ -184,14 +184,9 @@ _warned = False
 
 
 def _defines(lay) -> dict:
-    """Compile-time constants of a layout: each gate's column block in a_t (-1: absent), its
-    index in R's (i, f, o) order, and the variant's switches."""
-    col = {n: (lay.gate_names.index(n) if n in lay.gate_names else -1) for n in "ifgo"}
-    sig = {n: (lay.sig_names.index(n) if n in lay.sig_names else -1) for n in "ifo"}
-    return dict(KI=col["i"], KF=col["f"], KG=col["g"], KO=col["o"], RI=sig["i"], RF=sig["f"], RO=sig["o"],
-                INPUT_ACT=int(lay.input_act), OUTPUT_ACT=int(lay.output_act), COUPLED=int(lay.coupled),
-                PEEP=int(lay.peepholes), FGR=int(lay.full_recurrence),
-                G=len(lay.gate_names), K=len(lay.sig_names))
+    """The layout's constants (`lstm_steps.gate_constants`) as C integers, plus the widths G, K."""
+    consts = {k: int(v) for k, v in lstm_steps.gate_constants(lay).items()}
+    return dict(consts, G=len(lay.gate_names), K=len(lay.sig_names))
 
 
 def compiler() -> list[str] | None:

@@ -16,6 +16,16 @@ import torch
 from torch import Tensor
 
 
+def gate_constants(lay) -> dict:
+    """A layout as the kernels' compile-time constants: each gate's column block in a_t (-1:
+    absent), its index in R's (i, f, o) order, and the variant's switches."""
+    col = {n: (lay.gate_names.index(n) if n in lay.gate_names else -1) for n in "ifgo"}
+    sig = {n: (lay.sig_names.index(n) if n in lay.sig_names else -1) for n in "ifo"}
+    return dict(KI=col["i"], KF=col["f"], KG=col["g"], KO=col["o"], RI=sig["i"], RF=sig["f"], RO=sig["o"],
+                INPUT_ACT=lay.input_act, OUTPUT_ACT=lay.output_act, COUPLED=lay.coupled,
+                PEEP=lay.peepholes, FGR=lay.full_recurrence)
+
+
 def _check_r(lay, w_gg: Tensor | None) -> None:
     """The kernels take FGR from the layout: R must be given exactly when the layout has it."""
     if (w_gg is not None) != lay.full_recurrence:

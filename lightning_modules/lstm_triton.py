@@ -54,15 +54,6 @@ def usable(x: Tensor) -> bool:
     return x.is_cuda and triton is not None and os.environ.get("LSTM_TRITON", "1") != "0"
 
 
-def _flags(lay) -> dict:
-    """Column block of each gate in a_t (-1: absent) and its index in R's (i, f, o) order."""
-    col = {n: (lay.gate_names.index(n) if n in lay.gate_names else -1) for n in "ifgo"}
-    sig = {n: (lay.sig_names.index(n) if n in lay.sig_names else -1) for n in "ifo"}
-    return dict(KI=col["i"], KF=col["f"], KG=col["g"], KO=col["o"], RI=sig["i"], RF=sig["f"], RO=sig["o"],
-                INPUT_ACT=lay.input_act, OUTPUT_ACT=lay.output_act, COUPLED=lay.coupled,
-                PEEP=lay.peepholes, FGR=lay.full_recurrence)
-
-
 if triton is not None:
 
     @triton.jit
@@ -229,7 +220,7 @@ def _fwd_launcher(z):
     p = [z.peep.get(n, z.A) for n in ("i", "f", "o")]
     opt = [b if b is not None else z.A for b in (z.HC, z.SG, z.Rb)]
     N = z.B * z.H
-    grid, fl = (triton.cdiv(N, BLOCK),), _flags(z.lay)
+    grid, fl = (triton.cdiv(N, BLOCK),), lstm_steps.gate_constants(z.lay)
     return lambda t: _fwd_step[grid](z.A, z.C, z.Y, *opt, *p, t, z.T, z.H, N, G=z.G, K=z.K, BLOCK=BLOCK, **fl)
 
 
@@ -245,7 +236,7 @@ def _bwd_launcher(z):
     p = [z.peep.get(n, z.A) for n in ("i", "f", "o")]
     hc, dsg, ex = (b if b is not None else z.A for b in (z.HC, z.dSG, z.EX))
     N = z.B * z.H
-    grid, fl = (triton.cdiv(N, BLOCK),), _flags(z.lay)
+    grid, fl = (triton.cdiv(N, BLOCK),), lstm_steps.gate_constants(z.lay)
     return lambda t: _bwd_step[grid](z.A, z.C, hc, z.dA, dsg, z.dh, z.dc, ex, *p, t, z.T, z.H, N,
                                      G=z.G, K=z.K, BLOCK=BLOCK, **fl)
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a real HTTP server on 127.0.0.1, a real git+DVC project in tmp_path."""
 from __future__ import annotations
 
+import atexit
 import http.server
 import os
 import shutil
@@ -20,6 +21,7 @@ for _var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "CORPUS_MIRROR"):
     os.environ.pop(_var, None)
 # The LSTM CPU kernels compile into a folder of this test run, not the user's cache.
 os.environ["LSTM_CPU_CACHE"] = tempfile.mkdtemp(prefix="lstm_cpu_cache_")
+atexit.register(shutil.rmtree, os.environ["LSTM_CPU_CACHE"], True)
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 PY = sys.executable
 

@@ -102,6 +102,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from lightning_modules import lstm_triton as L
+from lightning_modules.lstm_steps import gate_constants
 from lightning_modules.cells import LSTMCell
 from lightning_modules.names import LSTM_NAMES
 
@@ -110,7 +111,7 @@ def signature(fn, pointers, ints, consts, ptr="*fp32"):
 
 n = 0
 for name, ptr in [(v, "*fp32") for v in LSTM_NAMES] + [("lstm-v", "*bf16")]:  # bf16: a bf16-true model's buffers
-    fl = L._flags(LSTMCell(4, 8, name).layout())
+    fl = gate_constants(LSTMCell(4, 8, name).layout())
     consts = dict(fl, G=4 - sum(fl[k] < 0 for k in ("KI", "KF", "KO")), K=sum(fl[k] >= 0 for k in ("RI", "RF", "RO")), BLOCK=L.BLOCK)
     for fn, ptrs in ((L._fwd_step, "A C Y HC SG Rb PI PF PO"), (L._bwd_step, "A C HC DA DSG DH DC EX PI PF PO")):
         src = ASTSource(fn=fn, signature=signature(fn, ptrs.split(), ["t", "T", "H", "N"], consts, ptr), constexprs=consts)
