@@ -142,3 +142,79 @@ def test_fgr_without_its_gate_matrix_is_a_clear_error():
 
     with pytest.raises(ValueError, match="R \\(w_gg\\) is missing.*full_recurrence=True"):
         lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, None, lambda z: None)
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's intra-op thread count for a test; restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_threads_are_bounded_by_torch_the_rows_and_the_work(torch_threads):
+    torch_threads(8)
+    per = lstm_cpu.MIN_PER_THREAD
+    assert lstm_cpu.threads(64, 4 * per) == 8, "torch's count caps it"
+    assert lstm_cpu.threads(3, 64 * per) == 3, "at most one thread per batch row"
+    assert lstm_cpu.threads(4, per // 2) == 2, "at least MIN_PER_THREAD elements per thread"
+    assert lstm_cpu.threads(1, 8) == 1
+    torch_threads(1)
+    assert lstm_cpu.threads(64, 4 * per) == 1
+
+
+def test_lstm_cpu_threads_caps_the_split_and_a_bad_value_is_a_clear_error(torch_threads, monkeypatch):
+    torch_threads(8)
+    monkeypatch.setenv("LSTM_CPU_THREADS", "3")
+    assert lstm_cpu.threads(64, 64 * lstm_cpu.MIN_PER_THREAD) == 3
+    monkeypatch.setenv("LSTM_CPU_THREADS", "16")
+    assert lstm_cpu.threads(64, 64 * lstm_cpu.MIN_PER_THREAD) == 8, "never more than torch's count"
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("LSTM_CPU_THREADS", bad)
+        with pytest.raises(ValueError, match="LSTM_CPU_THREADS must be a whole number >= 1.*unset it"):
+            lstm_cpu.threads(64, 1024)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["lstm-v", "lstm-fgr", "lstm-cifg"])
+def test_rows_split_over_threads_give_bitwise_the_same_results(name, torch_threads, monkeypatch):
+    torch_threads(4)
+    lay, xw, w_hh, h0, c0, peep, w_gg = _inputs(name, B=16, T=5, H=256)
+    if "gcc" in Path(lstm_cpu.compiler()[0]).name:
+        assert lstm_cpu.multithreaded(lay), "gcc has OpenMP: the rows should be split"
+    assert lstm_cpu.threads(16, 256) == 4
+    B, T, H = 16, 5, 256
+    dY, dhT, dcT = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)
+    runs = []
+    for one_thread in (False, True):
+        if one_thread:
+            monkeypatch.setattr(lstm_cpu, "threads", lambda B, H: 1)
+        fwd = lstm_cpu.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+        bwd = lstm_cpu.lstm_backward(lay, fwd, peep, w_hh, w_gg, h0, dY, dhT, dcT)
+        runs.append([t for t in (*fwd, *bwd) if isinstance(t, torch.Tensor)])
+    for k, (a, b) in enumerate(zip(*runs)):
+        assert torch.equal(a, b), (name, k, (a - b).abs().max().item())
+
+
+@needs_cc
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_the_kernels_share_torchs_openmp_runtime():
+    """Two OpenMP runtimes in one process would mean two thread pools fighting over the cores."""
+    lay = _inputs("lstm")[0]
+    assert lstm_cpu.library(lay) is not None
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "gomp" in line.rsplit("/", 1)[-1] or "libomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+@needs_cc
+def test_a_compiler_without_openmp_builds_a_one_thread_library(tmp_path, monkeypatch):
+    import ctypes
+
+    cc = tmp_path / "cc-no-openmp"
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {lstm_cpu.compiler()[0]} "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("LSTM_CPU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(cc))
+    lib = ctypes.CDLL(str(lstm_cpu.build(lstm_cpu._defines(_inputs("lstm")[0]))))
+    assert lib.with_openmp() == 0
