@@ -20,9 +20,8 @@ f = 1 - i; r, e: FGR's R [i, f, o]_{t-1} and R^T da_{t+1} terms):
 sigma(x) = 1 / (1 + exp(-x)) with x clipped to [-80, 80] (no overflow), tanh(x) = 2 sigma(2x) - 1.
 The batch rows of a step are independent, so they are split over threads (OpenMP, the runtime
 torch itself loaded, so one thread pool serves both): up to torch.get_num_threads() (or
-LSTM_CPU_THREADS), at least
-MIN_PER_THREAD elements each (`threads`); every element is computed the same way whatever the
-split, so results do not depend on the thread count.
+LSTM_CPU_THREADS), at least MIN_PER_THREAD elements each (`threads`); every element is
+computed the same way whatever the split, so results do not depend on the thread count.
 The C compiler (`CC`, else gcc or cc) builds one shared library per layout into a cache
 folder (LSTM_CPU_CACHE, else ~/.cache/rnn-lecture/lstm_cpu), written atomically and keyed by
 the source, the flags and the CPU; a compiler without OpenMP builds a one-thread library.
