@@ -88,7 +88,6 @@ def throughput(cell: str, fused: bool, H: int, B: int, T: int, reps: int, device
 
 
 TRITON_OFF, GRAPH_ON, CPU_OFF = {"LSTM_TRITON": "0"}, {"LSTM_GRAPH": "1"}, {"LSTM_CPU_KERNEL": "0"}
-CPU_ONE_THREAD = {"LSTM_CPU_THREADS": "1"}
 
 
 def rows_for(gpu: bool) -> list[tuple]:
@@ -100,8 +99,6 @@ def rows_for(gpu: bool) -> list[tuple]:
     else:
         rows += [(f"{c}, hand-written BPTT, torch ops (LSTM_CPU_KERNEL=0)", c, False, False, CPU_OFF, False)
                  for c in ("lstm", "lstm-v", "lstm-fgr")]
-        rows += [(f"{c}, hand-written BPTT, C on one thread (LSTM_CPU_THREADS=1)", c, False, False, CPU_ONE_THREAD, False)
-                 for c in ("lstm", "lstm-v")]
     rows += [(f"{c}, hand-written BPTT", c, False, False, {}, False) for c in LSTM_NAMES]
     if gpu:
         rows += [(f"{c}, + CUDA graph (LSTM_GRAPH=1)", c, False, False, GRAPH_ON, False) for c in ("lstm", "lstm-v", "lstm-fgr")]
@@ -118,23 +115,18 @@ def cpu_kernel_state() -> str:
     from lightning_modules import lstm_cpu
     from lightning_modules.cells import LSTMCell
 
-    lay = LSTMCell(4, 4, "lstm").layout()
-    if not lstm_cpu.usable(torch.zeros(1), lay):
-        return "torch ops (no C compiler, or LSTM_CPU_KERNEL=0)"
-    split = f"rows split over up to {torch.get_num_threads()} threads" if lstm_cpu.multithreaded(lay) else "one thread (no OpenMP)"
-    return f"compiled C (lightning_modules/lstm_cpu.py), {split}"
+    ok = lstm_cpu.usable(torch.zeros(1), LSTMCell(4, 4, "lstm").layout())
+    return "compiled C (lightning_modules/lstm_cpu.py)" if ok else "torch ops (no C compiler, or LSTM_CPU_KERNEL=0)"
 
 
 def with_env(env: dict, fn, *args):
-    old = {k: os.environ.get(k) for k in ("LSTM_TRITON", "LSTM_GRAPH", "LSTM_CPU_KERNEL", "LSTM_CPU_THREADS")}
+    old = {k: os.environ.get(k) for k in ("LSTM_TRITON", "LSTM_GRAPH", "LSTM_CPU_KERNEL")}
     os.environ.update({"LSTM_TRITON": "1", "LSTM_GRAPH": "0", "LSTM_CPU_KERNEL": "1", **env})
-    if "LSTM_CPU_THREADS" not in env:
-        os.environ.pop("LSTM_CPU_THREADS", None)
     try:
         return fn(*args)
     finally:
         for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def main():

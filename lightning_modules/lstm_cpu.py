@@ -18,15 +18,10 @@ f = 1 - i; r, e: FGR's R [i, f, o]_{t-1} and R^T da_{t+1} terms):
     dC_{t-1} = dC f + p_i da_i + p_f da_f    (CIFG: dC (1 - i) + ...)
 
 sigma(x) = 1 / (1 + exp(-x)) with x clipped to [-80, 80] (no overflow), tanh(x) = 2 sigma(2x) - 1.
-The batch rows of a step are independent, so they are split over threads (OpenMP, the runtime
-torch itself loaded, so one thread pool serves both): up to torch.get_num_threads() (or
-LSTM_CPU_THREADS), at least MIN_PER_THREAD elements each (`threads`); every element is
-computed the same way whatever the split, so results do not depend on the thread count.
 The C compiler (`CC`, else gcc or cc) builds one shared library per layout into a cache
 folder (LSTM_CPU_CACHE, else ~/.cache/rnn-lecture/lstm_cpu), written atomically and keyed by
-the source, the flags and the CPU; a compiler without OpenMP builds a one-thread library.
-float32 only; without a compiler, or with LSTM_CPU_KERNEL=0, the torch-op loop runs instead
-(same results to float rounding).
+the source, the flags and the CPU. float32 only; without a compiler, or with
+LSTM_CPU_KERNEL=0, the torch-op loop runs instead (same results to float rounding).
 """
 from __future__ import annotations
 
@@ -64,19 +59,6 @@ static inline float tanh_(float x) { return 2.0f * sigm(2.0f * x) - 1.0f; }
 #define ROW(P, b, width) ((P) + ((b) * T + t) * (width))
 #define AT(P, k) ((P) + ((k) >= 0 ? (k) : 0) * H)  /* column block k of a row (absent: block 0, unused) */
 #define RW __attribute__((noinline)) static void  /* one batch row; restrict parameters let it vectorise */
-/* batch rows are independent: split them over nt threads (OpenMP: the runtime torch loaded) */
-#ifdef _OPENMP
-#define ROWS_IN_PARALLEL _Pragma("omp parallel for schedule(static) num_threads(nt) if(nt > 1)")
-#else
-#define ROWS_IN_PARALLEL
-#endif
-int with_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
 
 RW fwd_row(long H, float *restrict ai, float *restrict af, float *restrict ag, float *restrict ao,
            const float *restrict cp, float *restrict cn, float *restrict y, float *restrict hcr,
@@ -120,8 +102,7 @@ RW fwd_row(long H, float *restrict ai, float *restrict af, float *restrict ag, f
    SG (B, T, K*H) the sigmoid gates (FGR); Rb (B, K*H) = R [i, f, o]_{t-1}; PI, PF, PO (H).
    Absent buffers may be NULL: they are never read or written. */
 void fwd_step(float *A, float *C, float *Y, float *HC, float *SG, const float *Rb,
-              const float *PI, const float *PF, const float *PO, long t, long T, long H, long B, int nt) {
-    ROWS_IN_PARALLEL
+              const float *PI, const float *PF, const float *PO, long t, long T, long H, long B) {
     for (long b = 0; b < B; b++) {
         float *a = ROW(A, b, GH), *y = ROW(Y, b, H);
         float *hcr = OUTPUT_ACT ? ROW(HC, b, H) : y;
@@ -180,8 +161,7 @@ RW bwd_row(long H, const float *restrict ai, const float *restrict af, const flo
    DC (B, H) dC_t in, dC_{t-1} out; EX (B, K*H) = R^T da_{t+1} (FGR). Absent buffers: NULL. */
 void bwd_step(const float *A, const float *C, const float *HC, float *DA, float *DSG, const float *DH,
               float *DC, const float *EX, const float *PI, const float *PF, const float *PO,
-              long t, long T, long H, long B, int nt) {
-    ROWS_IN_PARALLEL
+              long t, long T, long H, long B) {
     for (long b = 0; b < B; b++) {
         const float *a = ROW(A, b, GH), *cn = C + (b * (T + 1) + t + 1) * H;
         float *d = ROW(DA, b, GH);
@@ -201,7 +181,6 @@ _L = ctypes.c_long
 _lock = threading.Lock()
 _libs: dict[tuple, ctypes.CDLL | None] = {}
 _warned = False
-MIN_PER_THREAD = 1024  # elements (b, j) of a step per thread: below it, waking a thread costs more than it saves
 
 
 def _defines(lay) -> dict:
@@ -258,9 +237,8 @@ def build(defs: dict) -> Path:
         src.write_text(SOURCE)
         so = Path(tmp) / out.name
         err = ""
-        # some compilers lack -march=native or OpenMP (then the rows run on one thread)
-        for extra in (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], []):
-            res = subprocess.run([*cc, *flags, *extra, str(src), "-o", str(so), "-lm"], capture_output=True,
+        for arch in (["-march=native"], []):  # some compilers lack -march=native
+            res = subprocess.run([*cc, *flags, *arch, str(src), "-o", str(so), "-lm"], capture_output=True,
                                  text=True, errors="replace", timeout=300)
             if res.returncode == 0:
                 os.replace(so, out)  # atomic: a reader sees the whole library or none
@@ -279,10 +257,9 @@ def library(lay) -> ctypes.CDLL | None:
         if key not in _libs:
             try:
                 lib = ctypes.CDLL(str(build(defs)))
-                lib.fwd_step.argtypes = [_P] * 9 + [_L] * 4 + [ctypes.c_int]
-                lib.bwd_step.argtypes = [_P] * 11 + [_L] * 4 + [ctypes.c_int]
+                lib.fwd_step.argtypes = [_P] * 9 + [_L] * 4
+                lib.bwd_step.argtypes = [_P] * 11 + [_L] * 4
                 lib.fwd_step.restype = lib.bwd_step.restype = None
-                lib.with_openmp.restype = ctypes.c_int
                 _libs[key] = lib
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 _libs[key] = None
@@ -290,12 +267,6 @@ def library(lay) -> ctypes.CDLL | None:
                     _warned = True
                     warnings.warn(f"LSTM CPU kernel unavailable, using torch ops instead: {e}", stacklevel=2)
         return _libs[key]
-
-
-def multithreaded(lay) -> bool:
-    """Was this layout's library built with OpenMP (a step's rows split over threads)?"""
-    lib = library(lay)
-    return lib is not None and bool(lib.with_openmp())
 
 
 def enabled() -> bool:
@@ -306,19 +277,6 @@ def usable(x: Tensor, lay) -> bool:
     """Take the C path for this tensor and layout? float32 on the CPU, unless LSTM_CPU_KERNEL=0
     or the kernel cannot be built."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and enabled() and library(lay) is not None
-
-
-def threads(B: int, H: int) -> int:
-    """Threads for one step's rows: torch's intra-op count (or LSTM_CPU_THREADS, if lower), at
-    most one per batch row and one per MIN_PER_THREAD elements (each thread's share is whole
-    rows; results do not depend on it)."""
-    most = torch.get_num_threads()
-    cap = os.environ.get("LSTM_CPU_THREADS", "").strip()
-    if cap:
-        if not cap.isdigit() or int(cap) < 1:
-            raise ValueError(f"LSTM_CPU_THREADS must be a whole number >= 1, got {cap!r}; unset it to follow torch's thread count")
-        most = min(most, int(cap))
-    return max(1, min(most, B, B * H // MIN_PER_THREAD))
 
 
 def _ptr(x: Tensor | None) -> int | None:
@@ -344,8 +302,8 @@ def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: di
 def _fwd_launcher(z):
     fn = library(z.lay).fwd_step
     args = [_ptr(b) for b in (z.A, z.C, z.Y, z.HC, z.SG, z.Rb)] + _peeps(z)
-    T, H, B, nt = z.T, z.H, z.B, threads(z.B, z.H)
-    return lambda t: fn(*args, t, T, H, B, nt)
+    T, H, B = z.T, z.H, z.B
+    return lambda t: fn(*args, t, T, H, B)
 
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
@@ -360,5 +318,5 @@ def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | No
 def _bwd_launcher(z):
     fn = library(z.lay).bwd_step
     args = [_ptr(b) for b in (z.A, z.C, z.HC, z.dA, z.dSG, z.dh, z.dc, z.EX)] + _peeps(z)
-    T, H, B, nt = z.T, z.H, z.B, threads(z.B, z.H)
-    return lambda t: fn(*args, t, T, H, B, nt)
+    T, H, B = z.T, z.H, z.B
+    return lambda t: fn(*args, t, T, H, B)
