@@ -295,7 +295,6 @@ def _peeps(z) -> list:
 
 def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one C call per step; same returns."""
-    peep = {n: p.contiguous() for n, p in peep.items()}
     return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher)
 
 
@@ -308,10 +307,7 @@ def _fwd_launcher(z):
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
                   dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
-    """`lstm_seq.lstm_backward` with the gate arithmetic in one C call per step; same returns.
-    Saved buffers are made contiguous (a saved-tensors hook may hand back another layout)."""
-    peep = {n: p.contiguous() for n, p in peep.items()}
-    saved = tuple(b.contiguous() if b is not None else None for b in saved)
+    """`lstm_seq.lstm_backward` with the gate arithmetic in one C call per step; same returns."""
     return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher)
 
 

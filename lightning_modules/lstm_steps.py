@@ -36,6 +36,7 @@ def _check_r(lay, w_gg: Tensor | None) -> None:
 def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, make_fwd):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
     _check_r(lay, w_gg)
+    peep = {n: p.contiguous() for n, p in peep.items()}  # the kernels index raw pointers
     B, T, GH = xw.shape
     H = lay.H
     k = len(lay.sig_names)
@@ -62,10 +63,14 @@ def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w
 
 def backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
              dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, make_bwd):
-    """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
+    """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns.
+    The kernels index raw pointers, so saved buffers and peepholes are made contiguous here (a
+    saved-tensors hook may hand back another layout; a no-op for the usual ones)."""
     from lightning_modules.lstm_seq import output_grad, weight_grads  # lstm_seq imports the backends
 
     _check_r(lay, w_gg)
+    peep = {n: p.contiguous() for n, p in peep.items()}
+    saved = tuple(b.contiguous() if b is not None else None for b in saved)
     Y, C, HC, SG, A = saved
     B, T, GH = A.shape
     H = lay.H

@@ -142,3 +142,23 @@ def test_fgr_without_its_gate_matrix_is_a_clear_error():
 
     with pytest.raises(ValueError, match="R \\(w_gg\\) is missing.*full_recurrence=True"):
         lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, None, lambda z: None)
+
+
+def test_the_shared_step_loop_hands_every_backend_contiguous_buffers():
+    """Contiguity is made in lstm_steps, so the Triton kernels get it as the C ones do."""
+    from lightning_modules import lstm_steps
+
+    lay, xw, w_hh, h0, c0, peep, w_gg = _inputs("lstm-v")
+    saved = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+    strided = tuple(b.transpose(0, 1).contiguous().transpose(0, 1) if b is not None else None for b in saved)
+    assert not strided[0].is_contiguous()
+    peep_strided = {n: torch.stack([p, p], 1)[:, 0] for n, p in peep.items()}
+    seen = []
+
+    def make_bwd(z):
+        seen.extend(b for b in (z.A, z.C, z.HC, *z.peep.values()) if b is not None)
+        return lambda t: None
+
+    B, T, H = saved[0].shape
+    lstm_steps.backward(lay, strided, peep_strided, w_hh, w_gg, h0, torch.zeros(B, T, H), None, None, make_bwd)
+    assert seen and all(b.is_contiguous() for b in seen)
