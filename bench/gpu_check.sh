@@ -15,6 +15,7 @@
 #   8. if time is left: the gpu preset at batch 512 (the "larger batch" lever), budget
 #      min(120 s, what is left - 45 s)
 #   9. on a GPU machine, if time is still left: the CPU kernels on its cores (bench/cell_speed.py --device cpu)
+# ONLY="gpu_preset gpu_b512 ..." runs just the steps named (a rerun of what failed).
 # Every step's time limit is cut to what is left of DEADLINE_S (default 540 s) and a step with
 # under 20 s left is skipped, so the summary always prints. Results go to $OUT as two files,
 # rewritten after every step: summary.txt and logs.tgz (every log and JSON).
@@ -54,6 +55,7 @@ trap "exit 143" TERM INT
 left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 step() {
   local limit=$1 name=$2; shift 2; local l; l=$(left); [ "$l" -lt "$limit" ] && limit=$(( l - 10 ))
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then echo "SKIPPED $name: not in ONLY=\"$ONLY\""; return 1; fi
   if [ "$limit" -lt 20 ]; then echo "SKIPPED $name: ${l}s left of DEADLINE_S=$DEADLINE_S" | tee "$LOGS/$name.log"; return 1; fi
   echo "== $name (limit ${limit}s)"; timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"; local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || echo "FAILED $name: exit $rc" | tee -a "$LOGS/$name.log"; save; return "$rc"

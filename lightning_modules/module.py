@@ -103,9 +103,15 @@ class CharLM(L.LightningModule):
         hp = self.hparams
         return hp.warmup_steps + (1 - hp.decay_frac) * max(1, self.schedule_steps - hp.warmup_steps)
 
+    def _grad_scaler(self):
+        """The precision plugin's GradScaler (precision 16-mixed), else None (32, bf16)."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
     def configure_optimizers(self):
         hp = self.hparams
-        fused = self.device.type == "cuda"
+        # fused AdamW (one kernel for every parameter) on CUDA, unless a GradScaler is in use:
+        # scaled gradients must be unscaled before clipping, which a fused step does only inside itself
+        fused = self.device.type == "cuda" and self._grad_scaler() is None
         return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=fused or None)
 
     # -- training -------------------------------------------------------------------------
@@ -147,13 +153,25 @@ class CharLM(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.hparams.clip > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="norm")
+            self._clip_grad_norm(opt)
         opt.step()
         if step % self.hparams.log_every == 0:
             # logged as a tensor: no host sync here; the logger reads it every log_every steps
             self.log("train_loss", loss.detach(), on_step=True, on_epoch=False)
             self.log("lr", lr, on_step=True, on_epoch=False)
         return loss.detach()
+
+    def _clip_grad_norm(self, opt) -> None:
+        """g <- g min(1, c / ||g||_2), ||g||_2 over all parameters at once (Pascanu et al. 2013).
+
+        Without a GradScaler (32, bf16) the gradients are the true ones and torch clips them
+        directly: Lightning's own clip_gradients refuses any fused optimizer, bf16 included,
+        where nothing is scaled. With one (16-mixed) Lightning's path is kept.
+        """
+        if self._grad_scaler() is None:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), self.hparams.clip)
+        else:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="norm")
 
     # -- evaluation: streams with the state carried; sums reduced over ranks ---------------
     def _eval_start(self):

@@ -207,3 +207,32 @@ def test_unseeded_sampling_leaves_the_global_rng_alone():
     sample_ids(m, [1, 2], 5)
     sample_ids(m, [1, 2], 5, chunk=4)
     assert torch.equal(torch.rand(3), want)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_gradient_clipping_works_with_a_fused_optimizer(precision):
+    """On CUDA the module takes fused AdamW; Lightning's clip_gradients refuses any fused
+    optimizer under mixed precision (bf16 too). The module clips itself: here the fused
+    optimizer runs on the CPU (torch has a fused CPU AdamW) and the norm is checked."""
+    import lightning as L
+
+    from lightning_modules.module import CharLM
+
+    norms = []
+
+    class FusedLM(CharLM):
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
+
+        def on_before_optimizer_step(self, optimizer):
+            g = torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None])
+            norms.append(g.norm().item())
+
+    torch.manual_seed(0)
+    V, clip = 20, 1e-3
+    batches = [(torch.randint(0, V, (4, 16)), torch.randint(0, V, (4, 16)), True) for _ in range(3)]
+    m = FusedLM(vocab_size=V, hidden=16, layers=1, clip=clip, max_steps=3)
+    t = L.Trainer(accelerator="cpu", precision=precision, max_steps=3, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    t.fit(m, torch.utils.data.DataLoader(batches, batch_size=None))
+    assert len(norms) == 3 and all(n <= clip * 1.001 for n in norms)
