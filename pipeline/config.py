@@ -69,6 +69,7 @@ class TrainParams:
     hidden: int = 256
     layers: int = 2
     dropout: float = 0.0
+    io_dropout: float = 0.0
     input: str = "embedding"
     bptt: str = "full"
     seq_len: int = 128
@@ -98,8 +99,9 @@ class TrainParams:
     def validate(self, path: str) -> None:
         if self.bptt == "tbptt" and self.k1 > self.k2:
             raise UserError(f"{PARAMS}: {path}.k1: truncated BPTT needs k1 <= k2, got k1={self.k1}, k2={self.k2}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"{PARAMS}: {path}.dropout: must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "io_dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"{PARAMS}: {path}.{key}: must be in [0, 1), got {getattr(self, key)}")
         if not 0 <= self.min_lr_frac <= 1:
             raise UserError(f"{PARAMS}: {path}.min_lr_frac: must be in [0, 1], got {self.min_lr_frac}")
         if not 0 < self.decay_frac <= 1:
@@ -268,7 +270,9 @@ def _apply_preset(raw: dict) -> dict:
     return out
 
 
-def parse(raw: dict) -> Params:
+def parse(raw: dict, overrides: dict | None = None) -> Params:
+    """Validate raw params.yaml; `preset` overlays its sections, then `overrides` win over both
+    (`--set preset=gpu --set train.batch_size=512` trains the gpu preset at batch 512)."""
     if not isinstance(raw, dict):
         raise UserError(f"{PARAMS}: must be a mapping of sections")
     known = SECTIONS
@@ -276,6 +280,9 @@ def parse(raw: dict) -> Params:
         if key not in known:
             raise UserError(f"{PARAMS}: {key}: unknown section (known: {', '.join(sorted(known))}); fix the spelling or remove it")
     raw = _apply_preset(raw)
+    for key, value in (overrides or {}).items():
+        if key != "preset":
+            set_key(raw, key, value)
     corpora_raw = raw.get("corpora") or {}
     if not isinstance(corpora_raw, dict) or not corpora_raw:
         raise UserError(f"{PARAMS}: corpora: declare at least one corpus")
@@ -335,8 +342,8 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
     raw = raw or {}
     for key, value in (overrides or {}).items():
-        set_key(raw, key, value)
-    return parse(raw)
+        set_key(raw, key, value)  # before the preset too: `preset` itself may be overridden
+    return parse(raw, overrides)
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -346,5 +353,11 @@ def parse_sets(sets: list[str]) -> dict:
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected section.key=value, e.g. train.cell=gru")
         key, value = s.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        v = yaml.safe_load(value)
+        if isinstance(v, str):
+            try:  # YAML 1.1 reads 3e-3 (no dot) as a string; a number is meant
+                v = float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else v
+            except ValueError:
+                pass
+        out[key] = v
     return out

@@ -236,3 +236,32 @@ def test_gradient_clipping_works_with_a_fused_optimizer(precision):
                   enable_progress_bar=False, enable_model_summary=False)
     t.fit(m, torch.utils.data.DataLoader(batches, batch_size=None))
     assert len(norms) == 3 and all(n <= clip * 1.001 for n in norms)
+
+
+def test_io_dropout_drops_the_input_and_output_connections_only_in_training(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randint(0, 30, (4, 12))
+    plain, io = CharRNN(30, "lstm", hidden=16, layers=2), CharRNN(30, "lstm", hidden=16, layers=2, io_dropout=0.5)
+    io.load_state_dict(plain.state_dict())  # dropout adds no weights
+    assert not any(isinstance(m, torch.nn.Dropout) for m in (plain.in_drop, plain.out_drop))
+    io.train()
+    a, b = io(x)[0], io(x)[0]
+    assert not torch.allclose(a, b)  # a new mask each call
+    io.eval(), plain.eval()
+    assert torch.equal(io(x)[0], plain(x)[0])  # evaluation and sampling: no dropout
+    # the dropped units are the embedding's output: a zeroed input row reaches layer 1 as zeros
+    io.train()
+    seen = []
+    h = io.rnn.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    io(x)
+    h.remove()
+    frac = (seen[0] == 0).float().mean().item()
+    assert 0.35 < frac < 0.65
+    with pytest.raises(ValueError, match="io_dropout must be in"):
+        CharRNN(30, io_dropout=1.0)
+
+
+def test_io_dropout_travels_in_the_checkpoint(corpus, tmp_path):
+    fit(dict(TINY, max_steps=4, val_every=2, io_dropout=0.3), corpus, tmp_path / "c")
+    m, _, hp = load_checkpoint(tmp_path / "c/best.ckpt")
+    assert hp["io_dropout"] == 0.3 and m.in_drop.p == 0.3 and not m.training

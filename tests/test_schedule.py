@@ -63,8 +63,15 @@ def test_a_decay_shorter_than_one_step_is_refused():
 
 def test_decay_frac_from_params():
     assert load_params("params.yaml").train.to_fit()["decay_frac"] == 0.2  # the workflow's default: WSD
-    assert load_params("params.yaml", parse_sets(["preset=gpu"])).train.decay_frac == 0.2
+    assert load_params("params.yaml", parse_sets(["preset=gpu"])).train.decay_frac == 1.0  # the anchor's cosine
     assert load_params("params.yaml", parse_sets(["train.decay_frac=0.25"])).train.to_fit()["decay_frac"] == 0.25
+
+
+def test_an_explicit_override_wins_over_the_preset():
+    gpu = load_params("params.yaml", parse_sets(["preset=gpu"])).train
+    t = load_params("params.yaml", parse_sets(["train.batch_size=512", "preset=gpu", "train.lr=3e-3"])).train
+    assert (t.batch_size, t.lr) == (512, 3e-3) != (gpu.batch_size, gpu.lr)
+    assert (t.hidden, t.layers, t.precision) == (gpu.hidden, gpu.layers, gpu.precision) == (512, 3, "bf16-mixed")
 
 
 def test_time_budget_with_warmup_stable_decay(corpus, tmp_path):
@@ -100,3 +107,9 @@ def test_a_budget_does_not_lift_the_lr_back_up_the_decay(corpus, tmp_path):
     assert all(b <= a for a, b in zip(decay, decay[1:])), "the lr went back up during the decay"
     assert lrs[-1] == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
     assert _budget(r["trainer"]).train_seconds() <= 3.0 * 1.5 + 1.0
+
+
+@pytest.mark.parametrize("bad", ["1.0", "-0.1"])
+def test_io_dropout_out_of_range_is_refused(bad):
+    with pytest.raises(UserError, match=rf"train\.io_dropout: must be in \[0, 1\), got {bad}"):
+        load_params("params.yaml", parse_sets([f"train.io_dropout={bad}"]))
