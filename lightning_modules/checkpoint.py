@@ -13,7 +13,7 @@ import torch
 from lightning_modules.lm import CharRNN
 from lightning_modules.vocab import Vocab
 
-MODEL_KEYS = ("vocab_size", "cell", "hidden", "layers", "dropout", "input", "fused", "io_dropout")
+MODEL_KEYS = ("vocab_size", "cell", "hidden", "layers", "dropout", "input", "fused", "io_dropout", "weight_drop")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[CharRNN, Vocab, dict]:

@@ -8,6 +8,7 @@
 h_t^L before the linear head. With both, every non-recurrent connection is dropped and no
 recurrent one is (Zaremba, Sutskever & Vinyals 2014): what the 3x512 model needs not to
 overfit Tiny Shakespeare's 1M characters in the tens of epochs a GPU runs in two minutes.
+`weight_drop` adds DropConnect on the recurrent matrices W_hh (see recurrent.py).
     p(token_{t+1} | token_<=t) = softmax(logits_t)
 
 Trained on softmax cross-entropy in nats per token (bits per character = nats / ln 2,
@@ -33,6 +34,7 @@ class CharRNN(nn.Module):
         embed: int | None = None,
         fused: bool | None = None,
         io_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ):
         super().__init__()
         if input not in ("embedding", "onehot"):
@@ -40,7 +42,7 @@ class CharRNN(nn.Module):
         E = embed or hidden
         self.vocab_size = vocab_size
         self.encoder = nn.Embedding(vocab_size, E) if input == "embedding" else OneHotInput(vocab_size, E)
-        self.rnn = RecurrentStack(cell, E, hidden, layers, dropout, fused)
+        self.rnn = RecurrentStack(cell, E, hidden, layers, dropout, fused, weight_drop=weight_drop)
         self.head = nn.Linear(hidden, vocab_size)
         if not 0 <= io_dropout < 1:
             raise ValueError(f"io_dropout must be in [0, 1), got {io_dropout}")

@@ -49,6 +49,7 @@ class CharLM(L.LightningModule):
         layers: int = 2,
         dropout: float = 0.0,
         io_dropout: float = 0.0,
+        weight_drop: float = 0.0,
         input: str = "embedding",
         lr: float = 3e-3,
         min_lr_frac: float = 0.1,
@@ -73,7 +74,7 @@ class CharLM(L.LightningModule):
             raise ValueError(f"decay_frac must be in (0, 1], got {decay_frac}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model = CharRNN(vocab_size, cell, hidden, layers, dropout, input, fused=fused, io_dropout=io_dropout)
+        self.model = CharRNN(vocab_size, cell, hidden, layers, dropout, input, fused=fused, io_dropout=io_dropout, weight_drop=weight_drop)
         self.vocab: dict | None = None  # {"level", "tokens", "unk"}, saved into checkpoints
         self._carry = None  # TBPTT: (context ids (B, <=k2-k1), state at its start)
         self._val = None

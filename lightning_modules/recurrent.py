@@ -6,6 +6,16 @@
 GRU). Both paths take and return the state as a tuple of (L, B, H) tensors: (h, C) for
 LSTM cells, (h,) otherwise. Dropout acts between layers, as in torch.nn.
 
+`weight_drop` p > 0 is DropConnect on the recurrent weights (Wan et al. 2013; the
+weight-dropped LSTM of Merity, Keskar & Socher 2017): in training, each forward call draws
+one mask M ~ Bernoulli(1 - p) per layer and runs the whole sequence with
+
+    W_hh' = M * W_hh / (1 - p)      (the same W_hh' at every time step)
+
+so the recurrent connections are regularised without touching the state itself, and the
+fused kernels (cuDNN, oneDNN) still run: the dropped matrix is passed in for the call
+(torch.func.functional_call). Evaluation uses W_hh.
+
 Weight mapping between the two forms (`to_equation`, `to_fused`), per layer k:
 - LSTM: weight_ih_lk / weight_hh_lk are the equation cell's weight_ih / weight_hh, rows
   (i, f, C~, o); the cell's bias b = bias_ih_lk + bias_hh_lk (the way back puts all of it
@@ -17,14 +27,22 @@ Weight mapping between the two forms (`to_equation`, `to_fused`), per layer k:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from lightning_modules.cells import CELLS, FUSED, make_cell
 
 
 class RecurrentStack(nn.Module):
-    def __init__(self, cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0, fused: bool | None = None):
+    def __init__(
+        self, cell: str, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0, fused: bool | None = None,
+        weight_drop: float = 0.0,
+    ):
         super().__init__()
+        if not 0 <= weight_drop < 1:
+            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
+        self.weight_drop = weight_drop
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
         if fused and cell not in FUSED:
@@ -48,18 +66,23 @@ class RecurrentStack(nn.Module):
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         if self.fused:
-            if self.has_cell:
-                y, (h, c) = self.rnn(x, (state[0].to(x.dtype), state[1].to(x.dtype)))
-                return y, (h, c)
-            y, h = self.rnn(x, state[0].to(x.dtype))
-            return y, (h,)
+            s = (state[0].to(x.dtype), state[1].to(x.dtype)) if self.has_cell else state[0].to(x.dtype)
+            y, s = self._call(self.rnn, [f"weight_hh_l{k}" for k in range(self.num_layers)], x, s)
+            return y, (s if self.has_cell else (s,))
         new = []
         inp = x
         for k, cell in enumerate(self.layers):
-            y, s = cell(inp, tuple(t[k] for t in state))
+            y, s = self._call(cell, ["weight_hh"], inp, tuple(t[k] for t in state))
             new.append(s)
             inp = self.drop(y) if k + 1 < self.num_layers else y
         return inp, tuple(torch.stack(parts) for parts in zip(*new))
+
+    def _call(self, module: nn.Module, names: list[str], *args):
+        """module(*args), with DropConnect on the named recurrent weights while training."""
+        if not (self.training and self.weight_drop > 0):
+            return module(*args)
+        dropped = {n: F.dropout(getattr(module, n), self.weight_drop, training=True) for n in names}
+        return functional_call(module, dropped, args)
 
 
 def _equation_params(cell: str, sd: dict, k: int, hidden: int) -> dict:
@@ -97,7 +120,7 @@ def to_equation(stack: RecurrentStack) -> RecurrentStack:
     """The same network as equation cells (a copy); `stack` must be fused."""
     if not stack.fused:
         raise ValueError("to_equation needs a fused stack")
-    eq = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=False)
+    eq = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=False, weight_drop=stack.weight_drop)
     eq.to(next(stack.parameters()).dtype)
     sd = stack.rnn.state_dict()
     for k, layer in enumerate(eq.layers):
@@ -110,7 +133,7 @@ def to_fused(stack: RecurrentStack) -> RecurrentStack:
     """The same network on the fused kernel (a copy); `stack` must be equation cells of rnn/lstm/gru."""
     if stack.fused or stack.cell not in FUSED:
         raise ValueError(f"to_fused needs an equation stack of {', '.join(FUSED)}")
-    fz = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=True)
+    fz = RecurrentStack(stack.cell, stack.input_size, stack.hidden, stack.num_layers, stack.dropout, fused=True, weight_drop=stack.weight_drop)
     fz.to(next(stack.parameters()).dtype)
     sd = {}
     for k, layer in enumerate(stack.layers):

@@ -21,10 +21,10 @@ from lightning_modules.budget import TimeBudget
 from lightning_modules.data import TextDataModule
 from lightning_modules.module import CharLM
 
-MODEL = ("cell", "hidden", "layers", "dropout", "io_dropout", "input", "fused")
+MODEL = ("cell", "hidden", "layers", "dropout", "io_dropout", "weight_drop", "input", "fused")
 OPTIM = ("lr", "min_lr_frac", "warmup_steps", "decay_frac", "weight_decay", "betas", "clip", "max_steps", "bptt", "k1", "k2", "log_every")
 DEFAULTS = dict(
-    cell="lstm", hidden=256, layers=2, dropout=0.0, io_dropout=0.0, input="embedding", fused=None,
+    cell="lstm", hidden=256, layers=2, dropout=0.0, io_dropout=0.0, weight_drop=0.0, input="embedding", fused=None,
     lr=3e-3, min_lr_frac=0.1, warmup_steps=0, decay_frac=1.0, weight_decay=0.01, betas=(0.9, 0.99), clip=1.0,
     max_steps=1000, max_seconds=None, bptt="full", k1=64, k2=64, log_every=10,
     batch_size=32, seq_len=128, seed=1337, val_every=250, eval_batch=16, eval_len=512,

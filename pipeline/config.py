@@ -70,6 +70,7 @@ class TrainParams:
     layers: int = 2
     dropout: float = 0.0
     io_dropout: float = 0.0
+    weight_drop: float = 0.0
     input: str = "embedding"
     bptt: str = "full"
     seq_len: int = 128
@@ -99,7 +100,7 @@ class TrainParams:
     def validate(self, path: str) -> None:
         if self.bptt == "tbptt" and self.k1 > self.k2:
             raise UserError(f"{PARAMS}: {path}.k1: truncated BPTT needs k1 <= k2, got k1={self.k1}, k2={self.k2}")
-        for key in ("dropout", "io_dropout"):
+        for key in ("dropout", "io_dropout", "weight_drop"):
             if not 0 <= getattr(self, key) < 1:
                 raise UserError(f"{PARAMS}: {path}.{key}: must be in [0, 1), got {getattr(self, key)}")
         if not 0 <= self.min_lr_frac <= 1:

@@ -317,3 +317,40 @@ def test_hand_written_bptt_runs_on_the_meta_device(cell):
     s = tuple(torch.empty(B, H, device="meta") for _ in range(2 if m.has_cell else 1))
     y, st = m(x, s)
     assert y.shape == (B, T, H) and y.device.type == "meta" and st[0].shape == (B, H)
+
+
+@pytest.mark.parametrize("cell,fused", [("lstm", True), ("lstm", False), ("lstm-v", False), ("gru", True), ("gru-lecture", False)])
+def test_weight_drop_is_dropconnect_on_the_recurrent_matrices(cell, fused):
+    from lightning_modules.recurrent import RecurrentStack
+
+    torch.manual_seed(0)
+    p = 0.5
+    st = RecurrentStack(cell, 6, 16, layers=2, fused=fused, weight_drop=p)
+    ref = RecurrentStack(cell, 6, 16, layers=2, fused=fused)
+    ref.load_state_dict(st.state_dict())  # DropConnect adds no weights
+    x = torch.randn(3, 9, 6)
+    st.eval(), ref.eval()
+    assert torch.equal(st(x)[0], ref(x)[0])  # evaluation: W_hh itself
+    st.train()
+    y1, y2 = st(x)[0], st(x)[0]
+    assert not torch.allclose(y1, y2)  # a new mask per call
+    hh = [w for n, w in st.named_parameters() if "weight_hh" in n]
+    assert len(hh) == 2
+    st.zero_grad()
+    st(x)[0].square().sum().backward()
+    for w in hh:  # a dropped entry of W_hh gets no gradient; about p of them are dropped
+        zero = (w.grad == 0).float().mean().item()
+        assert 0.4 < zero < 0.6, zero
+    ih = [w for n, w in st.named_parameters() if "weight_ih" in n]
+    assert all((w.grad == 0).float().mean().item() < 0.05 for w in ih)  # the input weights are not dropped
+    # one mask per call, the same at every time step: the output is the plain model's with
+    # W_hh' = M * W_hh / (1 - p) in place of W_hh (masks drawn layer by layer, as here)
+    torch.manual_seed(1)
+    y = st(x)[0]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for w_ref, w in zip([w for n, w in ref.named_parameters() if "weight_hh" in n], hh):
+            w_ref.copy_(torch.nn.functional.dropout(w, p, training=True))
+    assert torch.allclose(y, ref(x)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="weight_drop must be in"):
+        RecurrentStack(cell, 6, 16, weight_drop=1.0)

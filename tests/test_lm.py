@@ -261,7 +261,8 @@ def test_io_dropout_drops_the_input_and_output_connections_only_in_training(tmp_
         CharRNN(30, io_dropout=1.0)
 
 
-def test_io_dropout_travels_in_the_checkpoint(corpus, tmp_path):
-    fit(dict(TINY, max_steps=4, val_every=2, io_dropout=0.3), corpus, tmp_path / "c")
+def test_io_dropout_and_weight_drop_travel_in_the_checkpoint(corpus, tmp_path):
+    fit(dict(TINY, max_steps=4, val_every=2, io_dropout=0.3, weight_drop=0.2), corpus, tmp_path / "c")
     m, _, hp = load_checkpoint(tmp_path / "c/best.ckpt")
     assert hp["io_dropout"] == 0.3 and m.in_drop.p == 0.3 and not m.training
+    assert hp["weight_drop"] == 0.2 and m.rnn.weight_drop == 0.2

@@ -109,7 +109,8 @@ def test_a_budget_does_not_lift_the_lr_back_up_the_decay(corpus, tmp_path):
     assert _budget(r["trainer"]).train_seconds() <= 3.0 * 1.5 + 1.0
 
 
+@pytest.mark.parametrize("key", ["io_dropout", "weight_drop"])
 @pytest.mark.parametrize("bad", ["1.0", "-0.1"])
-def test_io_dropout_out_of_range_is_refused(bad):
-    with pytest.raises(UserError, match=rf"train\.io_dropout: must be in \[0, 1\), got {bad}"):
-        load_params("params.yaml", parse_sets([f"train.io_dropout={bad}"]))
+def test_dropout_out_of_range_is_refused(key, bad):
+    with pytest.raises(UserError, match=rf"train\.{key}: must be in \[0, 1\), got {bad}"):
+        load_params("params.yaml", parse_sets([f"train.{key}={bad}"]))
