@@ -15,7 +15,8 @@
 #   8. if time is left: the gpu preset at batch 512 (the "larger batch" lever), budget
 #      min(120 s, what is left - 45 s)
 #   9. on a GPU machine, if time is still left: the CPU kernels on its cores (bench/cell_speed.py --device cpu)
-# ONLY="gpu_preset gpu_b512 ..." runs just the steps named (a rerun of what failed).
+# ONLY="gpu_preset gpu_b512 ..." runs just the steps named (a rerun of what failed); cpu_sample
+# samples the checkpoint gpu_preset writes in the same run, so name them together.
 # Every step's time limit is cut to what is left of DEADLINE_S (default 540 s) and a step with
 # under 20 s left is skipped, so the summary always prints. Results go to $OUT as two files,
 # rewritten after every step: summary.txt and logs.tgz (every log and JSON).

@@ -112,7 +112,7 @@ class CharLM(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         # fused AdamW (one kernel for every parameter) on CUDA, unless a GradScaler is in use:
-        # scaled gradients must be unscaled before clipping, which a fused step does only inside itself
+        # Lightning unscales a fused optimizer's gradients only inside its step, after the clipping
         fused = self.device.type == "cuda" and self._grad_scaler() is None
         return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=fused or None)
 
@@ -154,26 +154,23 @@ class CharLM(L.LightningModule):
             loss = self._tbptt_loss(x, y, reset)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.hparams.clip > 0:
-            self._clip_grad_norm(opt)
-        opt.step()
+        opt.step()  # clips first: on_before_optimizer_step
         if step % self.hparams.log_every == 0:
             # logged as a tensor: no host sync here; the logger reads it every log_every steps
             self.log("train_loss", loss.detach(), on_step=True, on_epoch=False)
             self.log("lr", lr, on_step=True, on_epoch=False)
         return loss.detach()
 
-    def _clip_grad_norm(self, opt) -> None:
+    def on_before_optimizer_step(self, optimizer) -> None:
         """g <- g min(1, c / ||g||_2), ||g||_2 over all parameters at once (Pascanu et al. 2013).
 
-        Without a GradScaler (32, bf16) the gradients are the true ones and torch clips them
-        directly: Lightning's own clip_gradients refuses any fused optimizer, bf16 included,
-        where nothing is scaled. With one (16-mixed) Lightning's path is kept.
+        Lightning calls this inside opt.step(), after a GradScaler (16-mixed) has unscaled the
+        gradients, so the true ones are clipped under every precision. torch clips them
+        directly: Lightning's clip_gradients refuses fused optimizers under mixed precision,
+        bf16 included, where nothing is scaled.
         """
-        if self._grad_scaler() is None:
+        if self.hparams.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters(), self.hparams.clip)
-        else:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.clip, gradient_clip_algorithm="norm")
 
     # -- evaluation: streams with the state carried; sums reduced over ranks ---------------
     def _eval_start(self):

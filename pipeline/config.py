@@ -6,8 +6,10 @@ Sections are plain frozen dataclasses, so a typo cannot hide.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +278,7 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
     (`--set preset=gpu --set train.batch_size=512` trains the gpu preset at batch 512)."""
     if not isinstance(raw, dict):
         raise UserError(f"{PARAMS}: must be a mapping of sections")
+    raw = copy.deepcopy(raw)  # the caller's mapping stays as it was
     known = SECTIONS
     for key in raw:
         if key not in known:
@@ -347,6 +350,9 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
     return parse(raw, overrides)
 
 
+_EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_sets(sets: list[str]) -> dict:
     """["train.cell=gru", ...] -> {"train.cell": "gru", ...} (values parsed as YAML)."""
     out = {}
@@ -355,10 +361,7 @@ def parse_sets(sets: list[str]) -> dict:
             raise UserError(f"--set {s!r}: expected section.key=value, e.g. train.cell=gru")
         key, value = s.split("=", 1)
         v = yaml.safe_load(value)
-        if isinstance(v, str):
-            try:  # YAML 1.1 reads 3e-3 (no dot) as a string; a number is meant
-                v = float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else v
-            except ValueError:
-                pass
+        if isinstance(v, str) and _EXP_NUMBER.fullmatch(v.strip()):
+            v = float(v)  # YAML 1.1 reads 3e-3 (no dot in the mantissa) as a string; a number is meant
         out[key] = v
     return out
