@@ -11,6 +11,7 @@
 #   5. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call;
 #      anchor_limits_gpu.py too when ANCHOR_LIMITS=1 (about 2.5 more minutes)
 #   6. the gpu preset at batch 512 (the issue's "larger batch" lever), budget min(120 s, what is left - 45 s)
+#      and with WEIGHT_DROP=p set, the gpu preset with train.weight_drop=p (120 s budget)
 #   7. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)
 #      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
 #   8. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
@@ -36,7 +37,7 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 summary() {
   echo "== summary ($(( $(date +%s) - T0 )) s)"
   cat "$LOGS/gpu.txt" "$LOGS/train_step.md" "$LOGS/cell_speed.md" "$LOGS/sample_speed.md" 2>/dev/null
-  for run in gpu_preset gpu_b512; do
+  for run in gpu_preset gpu_b512 gpu_wd; do
     [ -f "$LOGS/${run}_val_loss.csv" ] || continue
     echo "$run, val_loss against seconds (step,val_loss,val_bpc,wall_s,train_s):"; cat "$LOGS/${run}_val_loss.csv"
     $PY -c 'import csv,sys
@@ -90,6 +91,12 @@ B512="--set train.batch_size=512 --set train.lr=3.0e-3 --set train.max_steps=100
 rm -f plots/tinyshakespeare/val_loss.csv
 if [ "$B512_SECS" -ge "$([ -n "$QUICK" ] && echo 5 || echo 20)" ]; then step $(( B512_SECS + 45 )) gpu_b512 $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false $B512; else echo "SKIPPED gpu_b512: a ${B512_SECS} s budget is too short" | tee "$LOGS/gpu_b512.log"; fi
 cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_b512_val_loss.csv" 2>/dev/null
+# WEIGHT_DROP=p: the gpu preset once more with DropConnect on W_hh (train.weight_drop), same 120 s budget
+if [ -n "${WEIGHT_DROP:-}" ]; then
+  rm -f plots/tinyshakespeare/val_loss.csv
+  step $(( SECS + 70 )) gpu_wd $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$SECS --set train.val_every=$VAL --set train.weight_drop=$WEIGHT_DROP
+  cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_wd_val_loss.csv" 2>/dev/null
+fi
 # the kernels and sampling after the training runs (measured once already): under a short DEADLINE_S
 # these are cut first
 step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"
