@@ -12,10 +12,12 @@
 #      anchor_limits_gpu.py too when ANCHOR_LIMITS=1 (about 2.5 more minutes)
 #   6. the gpu preset at batch 512 (the "larger batch" lever), budget min(120 s, what is left - 45 s)
 #      and with WEIGHT_DROP=p set, the gpu preset with train.weight_drop=p (120 s budget)
-#   7. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)
+#   7. bench/graph_fit.py --device cuda: lstm-v trained end to end (the gpu preset's shape, 100 steps)
+#      with and without CUDA graphs: step rate and val_loss of both
+#   8. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)
 #      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
-#   8. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
-#   9. on a GPU machine: the CPU kernels on its cores (bench/cell_speed.py --device cpu)
+#   9. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
+#  10. on a GPU machine: the CPU kernels on its cores (bench/cell_speed.py --device cpu)
 # ONLY="gpu_preset gpu_b512 ..." runs just the steps named (a rerun of what failed); cpu_sample
 # samples the checkpoint gpu_preset writes in the same run, so name them together.
 # Every step's time limit is cut to what is left of DEADLINE_S (default 540 s) and a step with
@@ -36,7 +38,7 @@ export CORPUS_MIRROR="$WORK/gpu_carry" PYTHONPATH="$WORK" TRITON_DEFAULT_FP_FUSI
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 summary() {
   echo "== summary ($(( $(date +%s) - T0 )) s)"
-  cat "$LOGS/gpu.txt" "$LOGS/train_step.md" "$LOGS/cell_speed.md" "$LOGS/sample_speed.md" 2>/dev/null
+  cat "$LOGS/gpu.txt" "$LOGS/train_step.md" "$LOGS/graph_fit.md" "$LOGS/cell_speed.md" "$LOGS/sample_speed.md" 2>/dev/null
   for run in gpu_preset gpu_b512 gpu_wd; do
     [ -f "$LOGS/${run}_val_loss.csv" ] || continue
     echo "$run, val_loss against seconds (step,val_loss,val_bpc,wall_s,train_s):"; cat "$LOGS/${run}_val_loss.csv"
@@ -97,6 +99,8 @@ if [ -n "${WEIGHT_DROP:-}" ]; then
   step $(( SECS + 70 )) gpu_wd $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$SECS --set train.val_every=$VAL --set train.weight_drop=$WEIGHT_DROP
   cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_wd_val_loss.csv" 2>/dev/null
 fi
+# the equation LSTM's whole training step with and without CUDA graphs (before LSTM_GRAPH=1 can be the default)
+step 120 graph_fit $PY bench/graph_fit.py --device $DEV $QUICK; grep "^|" "$LOGS/graph_fit.log" > "$LOGS/graph_fit.md"
 # the kernels and sampling after the training runs (measured once already): under a short DEADLINE_S
 # these are cut first
 step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"
