@@ -10,10 +10,10 @@
 #   4. a GPU checkpoint loaded and sampled on the CPU
 #   5. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call;
 #      anchor_limits_gpu.py too when ANCHOR_LIMITS=1 (about 2.5 more minutes)
-#   6. the gpu preset at batch 512 (the issue's "larger batch" lever), budget min(120 s, what is left - 45 s)
-#      and with WEIGHT_DROP=p set, the gpu preset with train.weight_drop=p (120 s budget)
-#   7. bench/graph_fit.py --device cuda: lstm-v trained end to end (the gpu preset's shape, 100 steps)
+#   6. bench/graph_fit.py --device cuda: lstm-v trained end to end (the gpu preset's shape, 100 steps)
 #      with and without CUDA graphs: step rate and val_loss of both
+#   7. with WEIGHT_DROP=p set: the gpu preset with train.weight_drop=p (budget min(120 s, left - 70 s)); then the gpu
+#      preset at batch 512 (the issue's "larger batch" lever), budget min(120 s, what is left - 45 s)
 #   8. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)
 #      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
 #   9. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
@@ -86,6 +86,15 @@ fi
 if [ -f gpu_carry/anchor_limits_gpu.py ] && [ "${ANCHOR_LIMITS:-0}" = 1 ]; then
   step 200 anchor_limits $PY gpu_carry/anchor_limits_gpu.py gpu_carry/tinyshakespeare.txt $QUICK --out "$LOGS/anchor_limits.json"
 fi
+# the equation LSTM's whole training step with and without CUDA graphs (before LSTM_GRAPH=1 can be the default)
+step 120 graph_fit $PY bench/graph_fit.py --device $DEV $QUICK; grep "^|" "$LOGS/graph_fit.log" > "$LOGS/graph_fit.md"
+# WEIGHT_DROP=p: the gpu preset once more with DropConnect on W_hh (train.weight_drop), 120 s if time allows
+if [ -n "${WEIGHT_DROP:-}" ]; then
+  rm -f plots/tinyshakespeare/val_loss.csv
+  WD_SECS=$(( $(left) - 70 )); [ "$WD_SECS" -gt "$SECS" ] && WD_SECS=$SECS  # a shorter budget rather than a killed run
+  step $(( WD_SECS + 70 )) gpu_wd $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$WD_SECS --set train.val_every=$VAL --set train.weight_drop=$WEIGHT_DROP
+  cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_wd_val_loss.csv" 2>/dev/null
+fi
 # the "larger batch" lever, only with the time that is left (4x the characters per step, 1.5x the lr)
 B512_SECS=$(( $(left) - 45 )); [ "$B512_SECS" -gt "$SECS" ] && B512_SECS=$SECS
 B512="--set train.batch_size=512 --set train.lr=3.0e-3 --set train.max_steps=100000 --set train.max_seconds=$B512_SECS --set train.val_every=$([ -n "$QUICK" ] && echo 10 || echo 50)"
@@ -93,14 +102,6 @@ B512="--set train.batch_size=512 --set train.lr=3.0e-3 --set train.max_steps=100
 rm -f plots/tinyshakespeare/val_loss.csv
 if [ "$B512_SECS" -ge "$([ -n "$QUICK" ] && echo 5 || echo 20)" ]; then step $(( B512_SECS + 45 )) gpu_b512 $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false $B512; else echo "SKIPPED gpu_b512: a ${B512_SECS} s budget is too short" | tee "$LOGS/gpu_b512.log"; fi
 cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_b512_val_loss.csv" 2>/dev/null
-# WEIGHT_DROP=p: the gpu preset once more with DropConnect on W_hh (train.weight_drop), same 120 s budget
-if [ -n "${WEIGHT_DROP:-}" ]; then
-  rm -f plots/tinyshakespeare/val_loss.csv
-  step $(( SECS + 70 )) gpu_wd $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$SECS --set train.val_every=$VAL --set train.weight_drop=$WEIGHT_DROP
-  cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_wd_val_loss.csv" 2>/dev/null
-fi
-# the equation LSTM's whole training step with and without CUDA graphs (before LSTM_GRAPH=1 can be the default)
-step 120 graph_fit $PY bench/graph_fit.py --device $DEV $QUICK; grep "^|" "$LOGS/graph_fit.log" > "$LOGS/graph_fit.md"
 # the kernels and sampling after the training runs (measured once already): under a short DEADLINE_S
 # these are cut first
 step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"

@@ -5,8 +5,9 @@
     python bench/graph_fit.py --quick                        # CPU, a tiny model: checks the script
 
 bench/cell_speed.py times one layer's forward and backward; this runs the whole training
-step (Lightning, AdamW, clipping, dropout, validation) from the same seed for the same steps,
-once with each path, and prints the step rate and the validation loss of both. The losses
+step (Lightning, AdamW, clipping, dropout) from the same seed for the same steps, once with
+each path, and prints the step rate (validation left out) and the validation loss at the end
+of both. The losses
 should agree to bf16/TF32 rounding: the graph path is the eager one replayed. On a CPU there
 are no graphs, so both runs take the same path. Writes bench/out/graph_fit_<device>.json.
 """
@@ -34,6 +35,8 @@ def main():
     ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
+    if a.steps < 2:
+        sys.exit(f"error: --steps {a.steps}: need at least 2 (the first is not timed)")
     if not (Path(a.data) / "meta.json").exists():
         sys.exit(f"error: {a.data}/meta.json not found; run `dvc repro onehot@tinyshakespeare` first")
     gpu = a.device == "cuda"
@@ -42,7 +45,7 @@ def main():
         sets += ["train.hidden=32", "train.layers=2", "train.batch_size=8", "train.seq_len=32"]
         a.steps = 10
     cfg = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
-    warm = min(10, a.steps // 2)
+    warm = max(1, min(10, a.steps // 2))
     cfg.update(max_steps=a.steps, max_seconds=None, val_every=a.steps, progress_every=0, eval_batch=16 if a.quick else 64)
     res = {"device": a.device, "cell": a.cell, "steps": a.steps, "runs": {}}
     before = os.environ.get("LSTM_GRAPH")

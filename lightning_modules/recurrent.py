@@ -8,13 +8,16 @@ LSTM cells, (h,) otherwise. Dropout acts between layers, as in torch.nn.
 
 `weight_drop` p > 0 is DropConnect on the recurrent weights (Wan et al. 2013; the
 weight-dropped LSTM of Merity, Keskar & Socher 2017): in training, each forward call draws
-one mask M ~ Bernoulli(1 - p) per layer and runs the whole sequence with
+one mask M ~ Bernoulli(1 - p) per layer, shared by the whole batch, and runs the sequence with
 
     W_hh' = M * W_hh / (1 - p)      (the same W_hh' at every time step)
 
-so the recurrent connections are regularised without touching the state itself, and the
-fused kernels (cuDNN, oneDNN) still run: the dropped matrix is passed in for the call
-(torch.func.functional_call). Evaluation uses W_hh.
+so the recurrent connections are regularised without touching the state itself. The fused
+kernels (cuDNN, oneDNN) still run: their functional form (torch._VF.lstm / gru / rnn_*) is
+called with W_hh' in place of W_hh, so the module's own parameters are never swapped (a swap
+makes torch.nn.RNNBase re-flatten its weights in place on CUDA, which would break the
+backward of an earlier call: TBPTT runs the model twice per step). The equation cells get
+W_hh' through torch.func.functional_call. Evaluation uses W_hh.
 
 Weight mapping between the two forms (`to_equation`, `to_fused`), per layer k:
 - LSTM: weight_ih_lk / weight_hh_lk are the equation cell's weight_ih / weight_hh, rows
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
 from torch.func import functional_call
 
 from lightning_modules.cells import CELLS, FUSED, make_cell
@@ -67,7 +70,7 @@ class RecurrentStack(nn.Module):
             state = self.init_state(x.shape[0], x.device, x.dtype)
         if self.fused:
             s = (state[0].to(x.dtype), state[1].to(x.dtype)) if self.has_cell else state[0].to(x.dtype)
-            y, s = self._call(self.rnn, [f"weight_hh_l{k}" for k in range(self.num_layers)], x, s)
+            y, s = self._fused_dropped(x, s) if self.training and self.weight_drop > 0 else self.rnn(x, s)
             return y, (s if self.has_cell else (s,))
         new = []
         inp = x
@@ -83,6 +86,19 @@ class RecurrentStack(nn.Module):
             return module(*args)
         dropped = {n: F.dropout(getattr(module, n), self.weight_drop, training=True) for n in names}
         return functional_call(module, dropped, args)
+
+    def _fused_dropped(self, x: Tensor, hx):
+        """The fused kernel's functional form with W_hh' = dropout(W_hh) for every layer, the
+        module's parameters left in place (see the module docstring)."""
+        rnn = self.rnn
+        weights = [F.dropout(w, self.weight_drop, training=True) if n.startswith("weight_hh") else w
+                   for n, w in zip(rnn._flat_weights_names, rnn._flat_weights)]
+        args = (weights, rnn.bias, rnn.num_layers, rnn.dropout, True, rnn.bidirectional, rnn.batch_first)
+        if rnn.mode == "LSTM":
+            y, h, c = _VF.lstm(x, hx, *args)
+            return y, (h, c)
+        fn = {"GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}[rnn.mode]
+        return fn(x, hx, *args)
 
 
 def _equation_params(cell: str, sd: dict, k: int, hidden: int) -> dict:

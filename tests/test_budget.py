@@ -108,7 +108,7 @@ def test_resume_after_the_budget_is_spent_takes_no_step_and_a_new_budget_is_spen
     assert again["steps"] == done["steps"]  # not one step past the stop
     more = fit(dict(cfg, max_seconds=4.0), corpus, tmp_path / "c", resume=str(tmp_path / "a/last.ckpt"))
     cb = _budget(more["trainer"])
-    assert more["steps"] > done["steps"]  # trains on (how many steps depends on the machine's load)
+    assert more["steps"] >= done["steps"] + 5  # trains on (how many more steps depends on the machine's load)
     assert cb.train_seconds() >= 0.6 * 4.0 and more["module"].schedule_steps == more["steps"]
 
 

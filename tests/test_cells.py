@@ -319,7 +319,7 @@ def test_hand_written_bptt_runs_on_the_meta_device(cell):
     assert y.shape == (B, T, H) and y.device.type == "meta" and st[0].shape == (B, H)
 
 
-@pytest.mark.parametrize("cell,fused", [("lstm", True), ("lstm", False), ("lstm-v", False), ("gru", True), ("gru-lecture", False)])
+@pytest.mark.parametrize("cell,fused", [("lstm", True), ("lstm", False), ("lstm-v", False), ("gru", True), ("gru-lecture", False), ("rnn", True)])
 def test_weight_drop_is_dropconnect_on_the_recurrent_matrices(cell, fused):
     from lightning_modules.recurrent import RecurrentStack
 
@@ -354,3 +354,28 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_matrices(cell, fused):
     assert torch.allclose(y, ref(x)[0], atol=1e-6)
     with pytest.raises(ValueError, match="weight_drop must be in"):
         RecurrentStack(cell, 6, 16, weight_drop=1.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_weight_drop_leaves_the_fused_modules_parameters_in_place(cell, monkeypatch):
+    """Swapping a torch.nn.LSTM's weights for a call makes it re-flatten them, in place on CUDA,
+    which breaks the backward of an earlier call (TBPTT runs the model twice per step). The
+    dropped weights go to the kernel's functional form instead: no re-flattening, and two
+    calls before one backward work."""
+    from lightning_modules.recurrent import RecurrentStack
+
+    torch.manual_seed(0)
+    st = RecurrentStack(cell, 6, 16, layers=2, fused=True, weight_drop=0.3).train()
+    flattened = []
+    cls = type(st.rnn)
+    real = cls.flatten_parameters
+    monkeypatch.setattr(cls, "flatten_parameters", lambda self: (flattened.append(1), real(self))[1])
+    params = list(st.rnn._flat_weights)
+    versions = [p._version for p in params]
+    x = torch.randn(3, 9, 6)
+    y1, s = st(x)
+    y2, _ = st(x, tuple(t.detach() for t in s))
+    (y1.square().sum() + y2.square().sum()).backward()
+    assert flattened == [] and all(a is b for a, b in zip(params, st.rnn._flat_weights))
+    assert [p._version for p in params] == versions
+    assert all(p.grad is not None for p in params)

@@ -229,6 +229,11 @@ def test_gradient_clipping_clips_the_true_gradients(precision):
             return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
 
         def on_before_optimizer_step(self, optimizer):
+            if precision == "16-mixed":  # the clipping comes after the GradScaler's unscale_, not before
+                from torch.amp.grad_scaler import OptState
+
+                scaler = self.trainer.precision_plugin.scaler
+                assert scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.UNSCALED
             super().on_before_optimizer_step(optimizer)  # the clipping
             g = torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None])
             norms.append(g.float().norm().item())
