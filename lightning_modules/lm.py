@@ -3,13 +3,13 @@
     token_t --1-of-k--> x_t = W_in . onehot(token_t)          (B, T, E)
             --L recurrent layers of H units, dropout between--> h_t   (B, T, H)
             --linear--> logits_t = W_out h_t + b               (B, T, V)
+    p(token_{t+1} | token_<=t) = softmax(logits_t)
 
 `dropout` acts between recurrent layers; `io_dropout` on x_t before the first layer and on
 h_t^L before the linear head. With both, every non-recurrent connection is dropped and no
 recurrent one is (Zaremba, Sutskever & Vinyals 2014): what the 3x512 model needs not to
 overfit Tiny Shakespeare's 1M characters in the tens of epochs a GPU runs in two minutes.
 `weight_drop` adds DropConnect on the recurrent matrices W_hh (see recurrent.py).
-    p(token_{t+1} | token_<=t) = softmax(logits_t)
 
 Trained on softmax cross-entropy in nats per token (bits per character = nats / ln 2,
 perplexity = e^nats). The lecture's generator is 3 layers of 512 LSTM units.

@@ -70,29 +70,31 @@ class RecurrentStack(nn.Module):
             state = self.init_state(x.shape[0], x.device, x.dtype)
         if self.fused:
             s = (state[0].to(x.dtype), state[1].to(x.dtype)) if self.has_cell else state[0].to(x.dtype)
-            y, s = self._fused_dropped(x, s) if self.training and self.weight_drop > 0 else self.rnn(x, s)
+            y, s = self._fused_dropped(x, s) if self._dropping else self.rnn(x, s)
             return y, (s if self.has_cell else (s,))
         new = []
         inp = x
         for k, cell in enumerate(self.layers):
-            y, s = self._call(cell, ["weight_hh"], inp, tuple(t[k] for t in state))
+            s = tuple(t[k] for t in state)
+            y, s = functional_call(cell, {"weight_hh": self._drop_hh(cell.weight_hh)}, (inp, s)) if self._dropping else cell(inp, s)
             new.append(s)
             inp = self.drop(y) if k + 1 < self.num_layers else y
         return inp, tuple(torch.stack(parts) for parts in zip(*new))
 
-    def _call(self, module: nn.Module, names: list[str], *args):
-        """module(*args), with DropConnect on the named recurrent weights while training."""
-        if not (self.training and self.weight_drop > 0):
-            return module(*args)
-        dropped = {n: F.dropout(getattr(module, n), self.weight_drop, training=True) for n in names}
-        return functional_call(module, dropped, args)
+    @property
+    def _dropping(self) -> bool:
+        """DropConnect on W_hh in this call: training, weight_drop > 0."""
+        return self.training and self.weight_drop > 0
+
+    def _drop_hh(self, w: Tensor) -> Tensor:
+        """W_hh' = M * W_hh / (1 - p), M ~ Bernoulli(1 - p): one mask for the whole call."""
+        return F.dropout(w, self.weight_drop, training=True)
 
     def _fused_dropped(self, x: Tensor, hx):
-        """The fused kernel's functional form with W_hh' = dropout(W_hh) for every layer, the
-        module's parameters left in place (see the module docstring)."""
+        """The fused kernel's functional form with W_hh' for every layer, the module's
+        parameters left in place (see the module docstring)."""
         rnn = self.rnn
-        weights = [F.dropout(w, self.weight_drop, training=True) if n.startswith("weight_hh") else w
-                   for n, w in zip(rnn._flat_weights_names, rnn._flat_weights)]
+        weights = [self._drop_hh(w) if n.startswith("weight_hh") else w for n, w in zip(rnn._flat_weights_names, rnn._flat_weights)]
         args = (weights, rnn.bias, rnn.num_layers, rnn.dropout, True, rnn.bidirectional, rnn.batch_first)
         if rnn.mode == "LSTM":
             y, h, c = _VF.lstm(x, hx, *args)
