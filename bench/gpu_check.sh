@@ -8,12 +8,15 @@
 #      with a 120 s budget (train.max_seconds: the decay of the schedule ends when it is spent):
 #      val_loss against training seconds (targets: <= 1.47 within 20 s, <= 1.40 within 120 s)
 #   4. a GPU checkpoint loaded and sampled on the CPU
-#   5. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call;
-#      anchor_limits_gpu.py too when ANCHOR_LIMITS=1 (about 2.5 more minutes)
+#   5. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call
+#      (its time-to-loss run: ANCHOR_TTT_S seconds, default 40); anchor_limits_gpu.py too when
+#      ANCHOR_LIMITS=1 (about 2.5 more minutes)
 #   6. bench/graph_fit.py --device cuda: lstm-v trained end to end (the gpu preset's shape, 100 steps)
 #      with and without CUDA graphs: step rate and val_loss of both
-#   7. with WEIGHT_DROP=p set: the gpu preset with train.weight_drop=p (budget min(120 s, left - 70 s)); then the gpu
-#      preset at batch 512 (the issue's "larger batch" lever), budget min(120 s, what is left - 45 s)
+#   7. other candidates for target 1, the gpu preset with a few values changed, each with a budget of
+#      min(120 s, what is left - 45 s): gpu_b512 (batch 512, the issue's "larger batch" lever),
+#      gpu_2x1024 (2 layers of 1024 with DropConnect on W_hh: the anchor's 2x1024 reached 1.47 in
+#      14.6 s, then overfit), and with WEIGHT_DROP=p set, gpu_wd (the preset with train.weight_drop=p)
 #   8. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)
 #      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
 #   9. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams
@@ -39,8 +42,8 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 summary() {
   echo "== summary ($(( $(date +%s) - T0 )) s)"
   cat "$LOGS/gpu.txt" "$LOGS/train_step.md" "$LOGS/graph_fit.md" "$LOGS/cell_speed.md" "$LOGS/sample_speed.md" 2>/dev/null
-  for run in gpu_preset gpu_b512 gpu_wd; do
-    [ -f "$LOGS/${run}_val_loss.csv" ] || continue
+  for csv in "$LOGS"/*_val_loss.csv; do
+    [ -f "$csv" ] || continue; local run; run=$(basename "$csv" _val_loss.csv)
     echo "$run, val_loss against seconds (step,val_loss,val_bpc,wall_s,train_s):"; cat "$LOGS/${run}_val_loss.csv"
     $PY -c 'import csv,sys
 r=[(float(x["train_s"]),float(x["val_loss"])) for x in csv.DictReader(open(sys.argv[1]))]
@@ -73,35 +76,35 @@ step 100 train_step $PY bench/train_step.py --device $DEV $QUICK; grep "^|" "$LO
 SECS=120; [ -n "$QUICK" ] && SECS=8
 PRESET="--set preset=gpu"; [ "$DEV" = cpu ] && PRESET="--set train.hidden=64 --set train.layers=1 --set train.batch_size=8"
 VAL=$([ -n "$QUICK" ] && echo 10 || echo 125)
-step 190 gpu_preset $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$SECS --set train.val_every=$VAL
-cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_preset_val_loss.csv" 2>/dev/null
+# train_run NAME [--set k=v ...]: the gpu preset (+ the values given) through pipeline.train, tracking off, with
+# a budget of min(SECS, what is left - 45 s): a shorter budget rather than a killed run; its val_loss curve is kept
+train_run() {
+  local name=$1; shift; local secs; secs=$(( $(left) - 45 )); [ "$secs" -gt "$SECS" ] && secs=$SECS
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then echo "SKIPPED $name: not in ONLY=\"$ONLY\""; return 1; fi
+  if [ "$secs" -lt "$([ -n "$QUICK" ] && echo 5 || echo 20)" ]; then echo "SKIPPED $name: a ${secs} s budget is too short" | tee "$LOGS/$name.log"; return 1; fi
+  rm -f plots/tinyshakespeare/val_loss.csv
+  step $(( secs + 70 )) "$name" $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$secs --set train.val_every=$VAL "$@"
+  cp plots/tinyshakespeare/val_loss.csv "$LOGS/${name}_val_loss.csv" 2>/dev/null
+}
+train_run gpu_preset
 step 60 cpu_sample $PY -c '
 from lightning_modules.checkpoint import load_checkpoint
 from lightning_modules.sampling import generate
 m, v, _ = load_checkpoint("models/tinyshakespeare/best.ckpt", map_location="cpu")
 print("GPU checkpoint sampled on the CPU:", repr(generate(m, v, "ROMEO:", 60, seed=0)[0][:70]))'
 if [ -f gpu_carry/anchor_lstm_gpu.py ]; then
-  step 120 anchor_lstm $PY gpu_carry/anchor_lstm_gpu.py gpu_carry/tinyshakespeare.txt --budget-s $([ -n "$QUICK" ] && echo 5 || echo 40) $QUICK --out "$LOGS/anchor_lstm.json"
+  step 120 anchor_lstm $PY gpu_carry/anchor_lstm_gpu.py gpu_carry/tinyshakespeare.txt --budget-s $([ -n "$QUICK" ] && echo 5 || echo "${ANCHOR_TTT_S:-40}") $QUICK --out "$LOGS/anchor_lstm.json"
 fi
 if [ -f gpu_carry/anchor_limits_gpu.py ] && [ "${ANCHOR_LIMITS:-0}" = 1 ]; then
   step 200 anchor_limits $PY gpu_carry/anchor_limits_gpu.py gpu_carry/tinyshakespeare.txt $QUICK --out "$LOGS/anchor_limits.json"
 fi
 # the equation LSTM's whole training step with and without CUDA graphs (before LSTM_GRAPH=1 can be the default)
 step 120 graph_fit $PY bench/graph_fit.py --device $DEV $QUICK; grep "^|" "$LOGS/graph_fit.log" > "$LOGS/graph_fit.md"
-# WEIGHT_DROP=p: the gpu preset once more with DropConnect on W_hh (train.weight_drop), 120 s if time allows
-if [ -n "${WEIGHT_DROP:-}" ]; then
-  rm -f plots/tinyshakespeare/val_loss.csv
-  WD_SECS=$(( $(left) - 70 )); [ "$WD_SECS" -gt "$SECS" ] && WD_SECS=$SECS  # a shorter budget rather than a killed run
-  step $(( WD_SECS + 70 )) gpu_wd $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false --set train.max_steps=100000 --set train.max_seconds=$WD_SECS --set train.val_every=$VAL --set train.weight_drop=$WEIGHT_DROP
-  cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_wd_val_loss.csv" 2>/dev/null
-fi
-# the "larger batch" lever, only with the time that is left (4x the characters per step, 1.5x the lr)
-B512_SECS=$(( $(left) - 45 )); [ "$B512_SECS" -gt "$SECS" ] && B512_SECS=$SECS
-B512="--set train.batch_size=512 --set train.lr=3.0e-3 --set train.max_steps=100000 --set train.max_seconds=$B512_SECS --set train.val_every=$([ -n "$QUICK" ] && echo 10 || echo 50)"
-[ "$DEV" = cpu ] && B512="$B512 --set train.batch_size=16"
-rm -f plots/tinyshakespeare/val_loss.csv
-if [ "$B512_SECS" -ge "$([ -n "$QUICK" ] && echo 5 || echo 20)" ]; then step $(( B512_SECS + 45 )) gpu_b512 $PY -m pipeline.train tinyshakespeare $PRESET --set tracking.enabled=false $B512; else echo "SKIPPED gpu_b512: a ${B512_SECS} s budget is too short" | tee "$LOGS/gpu_b512.log"; fi
-cp plots/tinyshakespeare/val_loss.csv "$LOGS/gpu_b512_val_loss.csv" 2>/dev/null
+# the other candidates for target 1, with the time that is left
+if [ "$DEV" = cpu ]; then BIG="--set train.batch_size=16"; WIDE="--set train.hidden=96"; else BIG="--set train.batch_size=512"; WIDE="--set train.hidden=1024 --set train.layers=2 --set train.lr=2.0e-3"; fi
+train_run gpu_b512 $BIG --set train.val_every=$([ -n "$QUICK" ] && echo 10 || echo 50)
+train_run gpu_2x1024 $WIDE --set train.weight_drop="${WEIGHT_DROP:-0.25}"
+[ -n "${WEIGHT_DROP:-}" ] && train_run gpu_wd --set train.weight_drop="$WEIGHT_DROP"
 # the kernels and sampling after the training runs (measured once already): under a short DEADLINE_S
 # these are cut first
 step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"

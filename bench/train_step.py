@@ -5,16 +5,22 @@ DataModule) against a plain PyTorch loop on the same model and batch, in the sam
     python bench/train_step.py --device cuda        # GPU: 3x512 LSTM, B128 T128, bf16 autocast
     python bench/train_step.py --quick              # a few steps, to check the script
 
-Prints a table; writes bench/out/train_step_<device>.json. The equation cells have their
+Prints a table; writes bench/out/train_step_<device>.json. The two loops alternate
+`--rounds` times; the table gives the best of each and the ratio of every round, so the
+run's own noise is in view. On a GPU, a last short run of the project's loop counts the
+host-device synchronisations of its steps (torch.cuda.set_sync_debug_mode): a sync stalls
+the CPU until the GPU has drained its queue, so it is the overhead a GPU does not hide. The equation cells have their
 own benchmark: bench/cell_speed.py.
 Data: data/onehot/tinyshakespeare (run `dvc repro onehot@tinyshakespeare`).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,15 +84,51 @@ class StepTimer(Callback):
                 self.t1 = time.perf_counter()
 
 
-def project_loop(data_dir, H, L, B, T, steps, warm, device, bf16):
-    timer = StepTimer(warm, steps, device)
-    cfg = dict(
+class SyncCounter(Callback):
+    """Counts the synchronising CUDA calls of training steps warm+1 .. warm+steps, with the
+    line of Python that made each (torch.cuda.set_sync_debug_mode("warn") turns every one
+    into a warning)."""
+
+    def __init__(self, warm, steps, cuda):
+        self.warm, self.steps, self.cuda, self.where, self._rec = warm, steps, cuda, collections.Counter(), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warm:
+            self._rec = warnings.catch_warnings(record=True)
+            self.caught = self._rec.__enter__()
+            warnings.simplefilter("always")
+            if self.cuda:
+                torch.cuda.set_sync_debug_mode("warn")
+        elif trainer.global_step == self.warm + self.steps and self._rec is not None:
+            if self.cuda:
+                torch.cuda.set_sync_debug_mode("default")
+            self._rec.__exit__(None, None, None)
+            self._rec = None
+            for w in self.caught:
+                if "synchroniz" in str(w.message):
+                    self.where[f"{Path(w.filename).name}:{w.lineno}"] += 1
+
+
+def project_cfg(H, L, B, T, steps, warm, device, bf16):
+    return dict(
         hidden=H, layers=L, dropout=0.0, batch_size=B, seq_len=T, max_steps=warm + steps, val_every=10**9,
         progress_every=0, accelerator="gpu" if device == "cuda" else "cpu", precision="bf16-mixed" if bf16 else "32-true",
         warmup_steps=0, log_every=50,
     )
-    fit(cfg, data_dir, None, callbacks=[timer])
+
+
+def project_loop(data_dir, H, L, B, T, steps, warm, device, bf16):
+    timer = StepTimer(warm, steps, device)
+    fit(project_cfg(H, L, B, T, steps, warm, device, bf16), data_dir, None, callbacks=[timer])
     return B * T * steps / (timer.t1 - timer.t0)
+
+
+def project_syncs(data_dir, H, L, B, T, steps, warm, device, bf16):
+    """{python line: synchronising calls} over `steps` steps of the project's loop (on a CPU,
+    where nothing is asynchronous, this only runs the counting path: --quick checks it)."""
+    counter = SyncCounter(warm, steps, device == "cuda")
+    fit(project_cfg(H, L, B, T, steps, warm, device, bf16), data_dir, None, callbacks=[counter])
+    return dict(counter.where)
 
 
 def main():
@@ -94,7 +136,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
-    ap.add_argument("--rounds", type=int, default=2, help="alternate plain/project this many times; best of each")
+    ap.add_argument("--rounds", type=int, default=3, help="alternate plain/project this many times; best of each")
     a = ap.parse_args()
     gpu = a.device == "cuda"
     H, L, B, T = (512, 3, 128, 128) if gpu else (256, 2, 32, 128)
@@ -107,12 +149,16 @@ def main():
     for _ in range(1 if a.quick else a.rounds):
         plain.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, gpu))
         project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, gpu))
+    # 100 steps: two of them log (log_every 50), so the logging steps' syncs show too
+    syncs = project_syncs(a.data, H, L, B, T, 100 if gpu else 5, warm, a.device, gpu) if gpu or a.quick else None
     res = {
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if gpu else ", fp32"),
         "plain_chars_per_s": round(max(plain)),
         "project_chars_per_s": round(max(project)),
         "ratio_project_to_plain": round(max(project) / max(plain), 3),
+        "ratio_per_round": [round(p / q, 3) for p, q in zip(project, plain)],
+        "host_syncs": syncs,
     }
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +167,10 @@ def main():
     print(f"| device | {res['device']} |")
     print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")
     print(f"| project (CharLM in Lightning Trainer + DataModule) | {res['project_chars_per_s']:,} chars/s ({res['ratio_project_to_plain']:.3f}x the plain loop) |")
+    print(f"| ratio in each round (project / plain) | {', '.join(f'{r:.3f}x' for r in res['ratio_per_round'])} |")
+    if syncs is not None:
+        where = ", ".join(f"{k} x{v}" for k, v in sorted(syncs.items(), key=lambda kv: -kv[1])) or "none"
+        print(f"| host-device syncs in {100 if gpu else 5} project steps (log_every 50) | {sum(syncs.values())}: {where} |")
 
 
 if __name__ == "__main__":
