@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,15 +354,35 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
 _EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+def _text_keys() -> set[str]:
+    """The section.key names whose value is text (`sample.prime`, `train.cell`, ...)."""
+    sections = {"data": DataParams, "tokenize": TokenizeParams, "train": TrainParams, "sample": SampleParams, "tracking": TrackingParams}
+    out = set()
+    for section, cls in sections.items():
+        for name, typ in typing.get_type_hints(cls).items():
+            if typ is str or (typing.get_origin(typ) in (typing.Union, types.UnionType) and str in typing.get_args(typ)):
+                out.add(f"{section}.{name}")
+    return out
+
+
 def parse_sets(sets: list[str]) -> dict:
-    """["train.cell=gru", ...] -> {"train.cell": "gru", ...} (values parsed as YAML)."""
+    """["train.cell=gru", ...] -> {"train.cell": "gru", ...} (values parsed as YAML).
+
+    A key whose value is text keeps the text as typed (`sample.prime=1e3` primes with "1e3",
+    not the number 1000.0; `null` still means none); elsewhere `3e-3` is the number (YAML 1.1
+    reads a mantissa without a dot as a string)."""
+    text = _text_keys()
     out = {}
     for s in sets:
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected section.key=value, e.g. train.cell=gru")
         key, value = s.split("=", 1)
         v = yaml.safe_load(value)
-        if isinstance(v, str) and _EXP_NUMBER.fullmatch(v.strip()):
-            v = float(v)  # YAML 1.1 reads 3e-3 (no dot in the mantissa) as a string; a number is meant
+        leaf = key.split(".", 3)[-2:] if key.startswith("presets.") else key.split(".")
+        if ".".join(leaf) in text:
+            if v is not None and not isinstance(v, str):
+                v = value  # a number or a boolean in YAML, but this key takes text
+        elif isinstance(v, str) and _EXP_NUMBER.fullmatch(v.strip()):
+            v = float(v)
         out[key] = v
     return out

@@ -69,8 +69,8 @@ def test_decay_frac_from_params():
 
 def test_an_explicit_override_wins_over_the_preset():
     gpu = load_params("params.yaml", parse_sets(["preset=gpu"])).train
-    t = load_params("params.yaml", parse_sets(["train.batch_size=512", "preset=gpu", "train.lr=3e-3"])).train
-    assert (t.batch_size, t.lr) == (512, 3e-3) != (gpu.batch_size, gpu.lr)
+    t = load_params("params.yaml", parse_sets(["train.batch_size=512", "preset=gpu", "train.lr=4e-3"])).train
+    assert t.batch_size == 512 != gpu.batch_size and t.lr == 4e-3 != gpu.lr
     assert (t.hidden, t.layers, t.precision) == (gpu.hidden, gpu.layers, gpu.precision) == (512, 3, "bf16-mixed")
 
 
@@ -114,3 +114,14 @@ def test_a_budget_does_not_lift_the_lr_back_up_the_decay(corpus, tmp_path):
 def test_dropout_out_of_range_is_refused(key, bad):
     with pytest.raises(UserError, match=rf"train\.{key}: must be in \[0, 1\), got {bad}"):
         load_params("params.yaml", parse_sets([f"train.{key}={bad}"]))
+
+
+def test_set_keeps_text_for_text_keys_and_numbers_elsewhere():
+    """`--set sample.prime=1e3` primes with "1e3" (YAML would read a number, refused as a prime);
+    `train.lr=3e-3` is the number (YAML 1.1 would read a string)."""
+    sets = parse_sets(["sample.prime=1e3", "train.lr=3e-3", "presets.gpu.sample.prime=42", "tracking.uri=null", "train.cell=gru"])
+    assert sets == {"sample.prime": "1e3", "train.lr": 3e-3, "presets.gpu.sample.prime": "42", "tracking.uri": None, "train.cell": "gru"}
+    p = load_params("params.yaml", parse_sets(["sample.prime=1e3", "train.lr=3e-3"]))
+    assert (p.sample.prime, p.train.lr) == ("1e3", 3e-3)
+    with pytest.raises(UserError, match="train.hidden: must be an integer"):
+        load_params("params.yaml", parse_sets(["train.hidden=wide"]))
