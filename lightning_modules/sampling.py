@@ -10,7 +10,8 @@ the fused weights, with the first layer's input projection looked up in a precom
 torch.nn.LSTM costs far more than its arithmetic (the oneDNN kernel prepares its weights
 on every call), so this is several times faster (bench/sample_speed.py). On a GPU the steps
 run in chunks, each replayed as one CUDA graph (`sampling_graph.ChunkSampler`), because
-there a token's dozen kernels cost more to launch than to run.
+there a token's dozen kernels cost more to launch than to run; the graph is captured once
+per model and settings and reused by later calls until the weights change.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from lightning_modules import lstm_triton
 from lightning_modules.lm import CharRNN
-from lightning_modules.sampling_graph import CHUNK, ChunkSampler
+from lightning_modules.sampling_graph import CHUNK, ChunkSampler, cached, weights_signature
 from lightning_modules.vocab import Vocab
 
 
@@ -123,12 +124,16 @@ def sample_ids(
     last = logits[:, -1].float()
     gpu = device.type == "cuda"
     if fast and (n <= FAST_MAX_STREAMS or gpu or chunk is not None) and model.rnn.fused and next(model.parameters()).dtype == torch.float32:
-        step = FastStep(model)
         state = tuple(s.float() for s in state)
         if chunk is not None or gpu:
-            ids = ChunkSampler(step, last, state, temperature, top_k, argmax, g, chunk or CHUNK).run(length)
+            k = chunk or CHUNK
+            key = (n, k, float(temperature), top_k, bool(argmax), str(device), weights_signature(model))
+            sampler = cached(model, key, lambda: ChunkSampler(FastStep(model), last, state, temperature, top_k, argmax, g, k))
+            sampler.reset(last, state, g)  # a reused sampler (and its CUDA graph) starts from this call's prime
+            ids = sampler.run(length)
             model.train(was_training)
             return ids
+        step = FastStep(model)
     else:
         def step(ids, st):
             lg, st = model(ids[:, None], st)

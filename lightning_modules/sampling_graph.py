@@ -14,12 +14,41 @@ the Gumbel-max trick. With u_v ~ U(0, 1) and g_v = -log(-log u_v),
 so the noise for a whole chunk is drawn before the replay (one kernel, from the seeded
 generator) and the graph only adds and takes an argmax. top_k: scores below the k-th
 largest are set to -inf first; argmax: no noise.
+
+A capture costs about as much as generating a few hundred tokens, so each model keeps its
+last sampler (`cached`): a later call with the same streams, chunk, temperature, top_k and
+weights only copies its start (the prime's last logits and state) into the buffers and
+replays. A weight updated in place (an optimizer step, load_state_dict) or replaced makes a
+new one; the cache holds no model alive (weak keys).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 
 CHUNK = 32  # tokens per graph replay
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def weights_signature(model: torch.nn.Module) -> tuple:
+    """Changes whenever a parameter changes: in place (its version counter) or replaced (its storage)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def cached(model: torch.nn.Module, key: tuple, make):
+    """The model's last sampler if it was made for `key` (which must include
+    weights_signature(model)), else a new one from make(), kept in its place."""
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    sampler = make()
+    _CACHE[model] = (key, sampler)
+    return sampler
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
 
 
 class ChunkSampler:
@@ -39,6 +68,13 @@ class ChunkSampler:
         if graph if graph is not None else last.is_cuda:
             with torch.cuda.device(last.device):  # stream, graph and kernels on the tensors' GPU
                 self._capture()
+
+    def reset(self, last: torch.Tensor, state: tuple, generator: torch.Generator) -> None:
+        """Start again from `last` and `state` (same shapes), drawing noise from `generator`."""
+        self.gen = generator
+        self.last.copy_(last)
+        for static, new in zip(self.hs + (self.cs or []), [*state[0].unbind(0), *(state[1].unbind(0) if self.cs is not None else [])]):
+            static.copy_(new)
 
     def _body(self) -> None:
         """K steps from the buffers: token k = argmax(last / T + noise[k]); then one step."""

@@ -184,6 +184,39 @@ def test_chunked_sampling_draws_from_softmax_over_temperature():
     assert not torch.equal(a, sample_ids(m, prime, 20, n=2, chunk=8, seed=12))
 
 
+def test_a_chunk_sampler_is_reused_until_the_weights_change():
+    """A model keeps its last chunk sampler (on a GPU: its captured graph). A later call with
+    the same settings reuses it from its own prime and seed: the tokens a fresh sampler gives.
+    Other settings, or weights changed in place, make a new one; the cache keeps no model alive."""
+    import gc
+    import weakref
+
+    from lightning_modules import sampling_graph
+
+    torch.manual_seed(3)
+    m = CharRNN(20, "lstm", hidden=16, layers=2).eval()
+    sampling_graph.clear_cache()
+    sample_ids(m, [1, 2], 30, n=2, chunk=8, seed=4)
+    first = sampling_graph._CACHE[m][1]
+    b = sample_ids(m, [5], 30, n=2, chunk=8, seed=9)  # another prime and seed: reused, started afresh
+    assert sampling_graph._CACHE[m][1] is first
+    sampling_graph.clear_cache()
+    assert torch.equal(b, sample_ids(m, [5], 30, n=2, chunk=8, seed=9))
+    assert sampling_graph._CACHE[m][1] is not first
+    sample_ids(m, [5], 30, n=2, chunk=8, seed=9, temperature=0.5)
+    assert sampling_graph._CACHE[m][0][2] == 0.5
+    old = sample_ids(m, [1, 2], 30, n=2, chunk=8, argmax=True)
+    with torch.no_grad():  # an optimizer step's kind of change: in place
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    new = sample_ids(m, [1, 2], 30, n=2, chunk=8, argmax=True)
+    assert torch.equal(new, sample_ids(m, [1, 2], 30, n=2, argmax=True, fast=False)) and not torch.equal(new, old)
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None and len(sampling_graph._CACHE) == 0
+
+
 def test_batches_moved_to_a_device_are_the_same_batches():
     """`.to(device)` keeps the split where the model is (a GPU: no host-device copy per step);
     the windows and streams stay exactly the ones the step index gives."""
