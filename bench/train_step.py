@@ -9,7 +9,11 @@ Prints a table; writes bench/out/train_step_<device>.json. The two loops alterna
 `--rounds` times; the table gives the best of each and the ratio of every round, so the
 run's own noise is in view. On a GPU, a last short run of the project's loop counts the
 host-device synchronisations of its steps (torch.cuda.set_sync_debug_mode): a sync stalls
-the CPU until the GPU has drained its queue, so it is the overhead a GPU does not hide. The equation cells have their
+the CPU until the GPU has drained its queue, so it is the overhead a GPU does not hide.
+A last pair of runs on a tiny model (1x16, B2 T8), where a step is mostly the host's Python,
+gives the project's host time per step beyond the plain loop's (Lightning's hooks, the
+schedule, the step-addressed batches). tests/test_step_ops.py checks that beyond it the two
+loops issue the same ATen compute ops and syncs. The equation cells have their
 own benchmark: bench/cell_speed.py.
 Data: data/onehot/tinyshakespeare (run `dvc repro onehot@tinyshakespeare`).
 """
@@ -151,6 +155,12 @@ def main():
         project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, gpu))
     # 100 steps: two of them log (log_every 50), so the logging steps' syncs show too
     syncs = project_syncs(a.data, H, L, B, T, 100 if gpu else 5, warm, a.device, gpu) if gpu or a.quick else None
+    # the host's time per step: a tiny model, where a step is mostly Python and launches
+    n_tiny = 50 if a.quick else 400
+    chars = 2 * 8  # per step; the loops return chars/s
+    tiny = [(chars / plain_loop(data, meta["vocab_size"], 16, 1, 2, 8, n_tiny, 20, a.device, gpu),
+             chars / project_loop(a.data, 16, 1, 2, 8, n_tiny, 20, a.device, gpu)) for _ in range(1 if a.quick else 3)]
+    ms_plain, ms_project = (1e3 * min(t[i] for t in tiny) for i in (0, 1))
     res = {
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if gpu else ", fp32"),
@@ -159,6 +169,7 @@ def main():
         "ratio_project_to_plain": round(max(project) / max(plain), 3),
         "ratio_per_round": [round(p / q, 3) for p, q in zip(project, plain)],
         "host_syncs": syncs,
+        "tiny_model_ms_per_step": {"plain": round(ms_plain, 3), "project": round(ms_project, 3)},
     }
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +179,8 @@ def main():
     print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")
     print(f"| project (CharLM in Lightning Trainer + DataModule) | {res['project_chars_per_s']:,} chars/s ({res['ratio_project_to_plain']:.3f}x the plain loop) |")
     print(f"| ratio in each round (project / plain) | {', '.join(f'{r:.3f}x' for r in res['ratio_per_round'])} |")
+    print(f"| host time per step beyond the plain loop's (1x16 LSTM, B2 T8: a step is mostly Python) | "
+          f"{ms_project - ms_plain:+.3f} ms ({ms_project:.3f} against {ms_plain:.3f} ms per step, best of {len(tiny)}) |")
     if syncs is not None:
         where = ", ".join(f"{k} x{v}" for k, v in sorted(syncs.items(), key=lambda kv: -kv[1])) or "none"
         print(f"| host-device syncs in {100 if gpu else 5} project steps (log_every 50) | {sum(syncs.values())}: {where} |")
