@@ -369,20 +369,38 @@ def parse_sets(sets: list[str]) -> dict:
     """["train.cell=gru", ...] -> {"train.cell": "gru", ...} (values parsed as YAML).
 
     A key whose value is text keeps the text as typed (`sample.prime=1e3` primes with "1e3",
-    not the number 1000.0; `null` still means none); elsewhere `3e-3` is the number (YAML 1.1
-    reads a mantissa without a dot as a string)."""
+    `sample.prime=a #b` with "a #b"); only `null` or `~` means none there, and quotes are
+    taken off. Elsewhere `3e-3` is the number (YAML 1.1 reads a mantissa without a dot as
+    a string)."""
     text = _text_keys()
     out = {}
     for s in sets:
         if "=" not in s:
             raise UserError(f"--set {s!r}: expected section.key=value, e.g. train.cell=gru")
         key, value = s.split("=", 1)
-        v = yaml.safe_load(value)
-        leaf = key.split(".", 3)[-2:] if key.startswith("presets.") else key.split(".")
+        leaf = key.split(".")[-2:] if key.startswith("presets.") else key.split(".")
         if ".".join(leaf) in text:
-            if v is not None and not isinstance(v, str):
-                v = value  # a number or a boolean in YAML, but this key takes text
-        elif isinstance(v, str) and _EXP_NUMBER.fullmatch(v.strip()):
+            out[key] = _text_value(value)
+            continue
+        try:
+            v = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {s!r}: not a YAML value ({str(e).splitlines()[0]}); quote it") from None
+        if isinstance(v, str) and _EXP_NUMBER.fullmatch(v.strip()):
             v = float(v)
         out[key] = v
     return out
+
+
+def _text_value(value: str) -> str | None:
+    """A text key's value as typed: `null`/`~` is none, '...' or "..." loses its quotes."""
+    if value.strip() in ("null", "~"):
+        return None
+    v = value.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        try:
+            q = yaml.safe_load(v)
+        except yaml.YAMLError:
+            return value
+        return q if isinstance(q, str) else value
+    return value

@@ -121,6 +121,11 @@ def test_set_keeps_text_for_text_keys_and_numbers_elsewhere():
     `train.lr=3e-3` is the number (YAML 1.1 would read a string)."""
     sets = parse_sets(["sample.prime=1e3", "train.lr=3e-3", "presets.gpu.sample.prime=42", "tracking.uri=null", "train.cell=gru"])
     assert sets == {"sample.prime": "1e3", "train.lr": 3e-3, "presets.gpu.sample.prime": "42", "tracking.uri": None, "train.cell": "gru"}
+    typed = ["a #b", "#x", "@x", "|", "a: b: c", "", " two words "]  # YAML would cut, empty or refuse these
+    assert [parse_sets([f"sample.prime={v}"])["sample.prime"] for v in typed] == typed
+    assert parse_sets(["sample.prime='x y'", 'sample.prime="ROMEO:"']) == {"sample.prime": "ROMEO:"}
+    with pytest.raises(UserError, match="train.lr=@x': not a YAML value"):
+        parse_sets(["train.lr=@x"])
     p = load_params("params.yaml", parse_sets(["sample.prime=1e3", "train.lr=3e-3"]))
     assert (p.sample.prime, p.train.lr) == ("1e3", 3e-3)
     with pytest.raises(UserError, match="train.hidden: must be an integer"):
