@@ -19,7 +19,9 @@ A capture costs about as much as generating a few hundred tokens, so each model 
 last sampler (`cached`): a later call with the same streams, chunk, temperature, top_k and
 weights only copies its start (the prime's last logits and state) into the buffers and
 replays. A weight updated in place (an optimizer step, load_state_dict) or replaced makes a
-new one; the cache holds no model alive (weak keys).
+new one; the cache holds no model alive (weak keys). Not seen: a write through `p.data`,
+which bypasses the version counter (call `clear_cache()` after one); and weights made under
+torch.inference_mode have no version counter, so those models get a new sampler every call.
 """
 from __future__ import annotations
 
@@ -31,14 +33,21 @@ CHUNK = 32  # tokens per graph replay
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def weights_signature(model: torch.nn.Module) -> tuple:
-    """Changes whenever a parameter changes: in place (its version counter) or replaced (its storage)."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+def weights_signature(model: torch.nn.Module) -> tuple | None:
+    """Changes whenever a parameter changes: in place (its version counter) or replaced (its
+    storage). None for weights made under inference mode, which have no version counter."""
+    params = list(model.parameters())
+    if any(p.is_inference() for p in params):
+        return None
+    return tuple((p.data_ptr(), p._version) for p in params)
 
 
 def cached(model: torch.nn.Module, key: tuple, make):
     """The model's last sampler if it was made for `key` (which must include
-    weights_signature(model)), else a new one from make(), kept in its place."""
+    weights_signature(model)), else a new one from make(), kept in its place. A key holding
+    None (weights without a version counter) is never cached."""
+    if None in key:
+        return make()
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]

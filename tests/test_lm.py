@@ -215,6 +215,10 @@ def test_a_chunk_sampler_is_reused_until_the_weights_change():
     del m
     gc.collect()
     assert ref() is None and len(sampling_graph._CACHE) == 0
+    with torch.inference_mode():  # weights without a version counter: sampled, never cached
+        frozen = CharRNN(20, "lstm", hidden=16, layers=2).eval()
+    assert torch.equal(sample_ids(frozen, [1, 2], 12, chunk=4, argmax=True), sample_ids(frozen, [1, 2], 12, argmax=True, fast=False))
+    assert frozen not in sampling_graph._CACHE
 
 
 def test_batches_moved_to_a_device_are_the_same_batches():
