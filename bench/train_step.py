@@ -24,6 +24,7 @@ import collections
 import json
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -88,29 +89,53 @@ class StepTimer(Callback):
                 self.t1 = time.perf_counter()
 
 
+PROJECT = ROOT / "lightning_modules"  # the training step's own code
+
+
 class SyncCounter(Callback):
-    """Counts the synchronising CUDA calls of training steps warm+1 .. warm+steps, with the
-    line of Python that made each (torch.cuda.set_sync_debug_mode("warn") turns every one
-    into a warning)."""
+    """Counts the synchronising CUDA calls of training steps warm+1 .. warm+steps, each at the
+    innermost line of the project that led to it (torch.cuda.set_sync_debug_mode("warn")
+    turns every one into a warning; a sync inside torch or Lightning is put on the project
+    line that called into them, with the library line after it)."""
 
     def __init__(self, warm, steps, cuda):
         self.warm, self.steps, self.cuda, self.where, self._rec = warm, steps, cuda, collections.Counter(), None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.warm:
-            self._rec = warnings.catch_warnings(record=True)
-            self.caught = self._rec.__enter__()
-            warnings.simplefilter("always")
-            if self.cuda:
-                torch.cuda.set_sync_debug_mode("warn")
-        elif trainer.global_step == self.warm + self.steps and self._rec is not None:
+    def _show(self, message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        ours = [f for f in traceback.extract_stack()[:-1] if Path(f.filename).resolve().is_relative_to(PROJECT)]
+        lib = f"{Path(filename).name}:{lineno}"
+        if ours:
+            f = ours[-1]
+            at = f"{Path(f.filename).resolve().relative_to(ROOT)}:{f.lineno}"
+            self.where[at if at.endswith(lib) else f"{at} ({lib})"] += 1
+        else:
+            self.where[lib] += 1
+
+    def _start(self):
+        self._rec = warnings.catch_warnings()  # restores the filters and showwarning on exit
+        self._rec.__enter__()
+        warnings.simplefilter("always")
+        warnings.showwarning = self._show
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def _stop(self):
+        if self._rec is not None:
             if self.cuda:
                 torch.cuda.set_sync_debug_mode("default")
             self._rec.__exit__(None, None, None)
             self._rec = None
-            for w in self.caught:
-                if "synchroniz" in str(w.message):
-                    self.where[f"{Path(w.filename).name}:{w.lineno}"] += 1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.warm:
+            self._start()
+        elif trainer.global_step == self.warm + self.steps:
+            self._stop()
+
+    def teardown(self, trainer, pl_module, stage):
+        self._stop()  # a run that ended inside the window (an error) leaves no mode behind
 
 
 def project_cfg(H, L, B, T, steps, warm, device, bf16):
