@@ -3,6 +3,7 @@
     python bench/regularizers.py                          # CPU: the cpu preset (2x256) on 50k train chars
     python bench/regularizers.py --device cuda --preset gpu --train-chars 0 --steps 2400
     python bench/regularizers.py --quick                  # a tiny model for a few steps: checks the script
+    python bench/regularizers.py --only between --steps 300 --decay-frac 0.2   # the decay ending at step 300
 
 The gpu preset's first H100 run saw 80 passes over Tiny Shakespeare's 1M training characters in
 120 s and overfit (best val 1.436 at 47 s, 1.537 at the end) with dropout between layers only.
@@ -72,6 +73,8 @@ def main():
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--p", type=float, default=0.5, help="dropout, io_dropout (and weight_drop at --wd-p)")
     ap.add_argument("--wd-p", type=float, default=0.3, help="weight_drop of the last run")
+    ap.add_argument("--only", nargs="+", choices=["none", "between", "+ io", "+ weight_drop"], help="these runs only")
+    ap.add_argument("--decay-frac", type=float, help="train.decay_frac (default: the preset's)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     src = Path(a.data)
@@ -83,12 +86,15 @@ def main():
         a.steps, a.train_chars = 20, 5_000
     base = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
     base.update(max_steps=a.steps, max_seconds=None, progress_every=0, val_every=max(5, a.steps // 12))
+    if a.decay_frac is not None:
+        base["decay_frac"] = a.decay_frac
     runs = {
         "none": dict(dropout=0.0, io_dropout=0.0, weight_drop=0.0),
         "between": dict(dropout=a.p, io_dropout=0.0, weight_drop=0.0),
         "+ io": dict(dropout=a.p, io_dropout=a.p, weight_drop=0.0),
         "+ weight_drop": dict(dropout=a.p, io_dropout=a.p, weight_drop=a.wd_p),
     }
+    runs = {k: v for k, v in runs.items() if not a.only or k in a.only}
     res = {"preset": a.preset, "device": a.device, "train_chars": a.train_chars, "steps": a.steps, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = cut_train_split(src, Path(tmp) / "data", a.train_chars)
@@ -104,7 +110,8 @@ def main():
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"regularizers_{a.device}.json").write_text(json.dumps(res, indent=1))
-    print(f"| {a.preset} preset, {n_train:,} train chars, {a.steps} steps ({res['passes_over_train']} passes), {a.device} "
+    print(f"| {a.preset} preset, {n_train:,} train chars, {a.steps} steps ({res['passes_over_train']} passes), "
+          f"decay_frac {base['decay_frac']}, {a.device} "
           "| dropout | io_dropout | weight_drop | best val_loss (step) | val_loss at the end |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in res["runs"].items():
