@@ -61,7 +61,8 @@ class CudaReplay:
             fn(*args)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # captured on `side`: torch's default capture stream belongs to the first GPU that captured
+        with torch.cuda.graph(self.graph, stream=side):
             out = fn(*args)
         return out
 

@@ -114,7 +114,8 @@ class ChunkSampler:
             self._body()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # captured on `side`: torch's default capture stream belongs to the first GPU that captured
+        with torch.cuda.graph(self.graph, stream=side):
             self._body()
         for b, k in zip(self._buffers(), keep):  # the warm-up ran a chunk: undo it
             b.copy_(k)
