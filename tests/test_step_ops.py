@@ -3,14 +3,16 @@
 On a GPU every ATen compute op of a step is a kernel and every `.item()` a host-device sync,
 so two loops that issue the same compute ops and syncs differ only by the host's Python,
 which the GPU hides behind its queue. Here the CPU profiler counts the ATen calls of 10
-training steps of each loop (the same model, optimizer, clipping and batch): the project's
-(Lightning Trainer, DataModule, schedule, logging) may add only ops that launch nothing.
+training steps of each loop (the same model, optimizer, clipping and batch; fp32, and bf16
+autocast as on a GPU): the project's (Lightning Trainer, DataModule, schedule, logging) may
+add only ops that launch nothing.
 """
 from __future__ import annotations
 
 import collections
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
@@ -34,8 +36,9 @@ def _count(prof) -> collections.Counter:
     return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
 
 
-def _plain_ops(data, vocab: int) -> collections.Counter:
-    """The hand-written loop of bench/train_step.py, with the module's CPU optimizer settings."""
+def _plain_ops(data, vocab: int, bf16: bool) -> collections.Counter:
+    """The hand-written loop of bench/train_step.py, with the module's CPU optimizer settings
+    (bf16: autocast over forward and loss, Lightning's bf16-mixed scope)."""
     torch.manual_seed(0)
     B, T = CFG["batch_size"], CFG["seq_len"]
     m = CharRNN(vocab, "lstm", CFG["hidden"], CFG["layers"], 0.0)
@@ -45,8 +48,9 @@ def _plain_ops(data, vocab: int) -> collections.Counter:
     def step():
         ix = torch.randint(len(data) - T - 1, (B,))
         w = data[ix[:, None] + ar].long()
-        logits, _ = m(w[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, vocab).float(), w[:, 1:].reshape(-1))
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            logits, _ = m(w[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, vocab).float(), w[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), CFG["clip"])
@@ -72,11 +76,12 @@ class _Profile(Callback):
             self.ops = _count(self.prof)
 
 
-def test_the_project_step_issues_the_plain_loops_compute_and_syncs(corpus):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_the_project_step_issues_the_plain_loops_compute_and_syncs(corpus, precision):
     vocab = json.loads((corpus / "meta.json").read_text())["vocab_size"]
-    plain = _plain_ops(load_split(corpus, "train"), vocab)
+    plain = _plain_ops(load_split(corpus, "train"), vocab, precision == "bf16-mixed")
     cb = _Profile()
-    fit(CFG, corpus, None, callbacks=[cb])
+    fit(dict(CFG, precision=precision), corpus, None, callbacks=[cb])
     project = cb.ops
     assert plain["aten::lstm"] == project["aten::lstm"] == 10  # the windows hold 10 steps each
     extra = {op: project[op] - plain[op] for op in project if project[op] > plain[op] and op not in NO_KERNEL}
