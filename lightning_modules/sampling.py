@@ -19,7 +19,7 @@ import torch
 
 from lightning_modules import lstm_triton
 from lightning_modules.lm import CharRNN
-from lightning_modules.sampling_graph import CHUNK, ChunkSampler, cached, weights_signature
+from lightning_modules.sampling_graph import CHUNK, ChunkSampler, borrowed, weights_signature
 from lightning_modules.vocab import Vocab
 
 
@@ -128,9 +128,9 @@ def sample_ids(
         if chunk is not None or gpu:
             k = chunk or CHUNK
             key = (n, k, float(temperature), top_k, bool(argmax), str(device), weights_signature(model))
-            sampler = cached(model, key, lambda: ChunkSampler(FastStep(model), last, state, temperature, top_k, argmax, g, k))
-            sampler.reset(last, state, g)  # a reused sampler (and its CUDA graph) starts from this call's prime
-            ids = sampler.run(length)
+            with borrowed(model, key, lambda: ChunkSampler(FastStep(model), last, state, temperature, top_k, argmax, g, k)) as sampler:
+                sampler.reset(last, state, g)  # a reused sampler (and its CUDA graph) starts from this call's prime
+                ids = sampler.run(length)
             model.train(was_training)
             return ids
         step = FastStep(model)

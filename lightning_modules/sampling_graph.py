@@ -16,21 +16,24 @@ generator) and the graph only adds and takes an argmax. top_k: scores below the 
 largest are set to -inf first; argmax: no noise.
 
 A capture costs about as much as generating a few hundred tokens, so each model keeps its
-last sampler (`cached`): a later call with the same streams, chunk, temperature, top_k and
+last sampler (`borrowed`): a later call with the same streams, chunk, temperature, top_k and
 weights only copies its start (the prime's last logits and state) into the buffers and
-replays. A weight updated in place (an optimizer step, load_state_dict) or replaced makes a
+replays. A call made while another thread holds the kept sampler gets a sampler of its own. A weight updated in place (an optimizer step, load_state_dict) or replaced makes a
 new one; the cache holds no model alive (weak keys). Not seen: a write through `p.data`,
 which bypasses the version counter (call `clear_cache()` after one); and weights made under
 torch.inference_mode have no version counter, so those models get a new sampler every call.
 """
 from __future__ import annotations
 
+import threading
 import weakref
+from contextlib import contextmanager
 
 import torch
 
 CHUNK = 32  # tokens per graph replay
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (key, sampler, lock)
+_GUARD = threading.Lock()
 
 
 def weights_signature(model: torch.nn.Module) -> tuple | None:
@@ -42,18 +45,29 @@ def weights_signature(model: torch.nn.Module) -> tuple | None:
     return tuple((p.data_ptr(), p._version) for p in params)
 
 
-def cached(model: torch.nn.Module, key: tuple, make):
+@contextmanager
+def borrowed(model: torch.nn.Module, key: tuple, make):
     """The model's last sampler if it was made for `key` (which must include
-    weights_signature(model)), else a new one from make(), kept in its place. A key holding
-    None (weights without a version counter) is never cached."""
+    weights_signature(model)) and no other call holds it, else a new one from make(), kept in
+    its place unless the kept one is in use. A key holding None (weights without a version
+    counter) is never cached. The sampler's buffers are the caller's until the block ends."""
     if None in key:
-        return make()
-    hit = _CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    sampler = make()
-    _CACHE[model] = (key, sampler)
-    return sampler
+        yield make()
+        return
+    with _GUARD:
+        hit = _CACHE.get(model)
+        entry = hit if hit is not None and hit[0] == key and hit[2].acquire(blocking=False) else None
+    if entry is None:
+        entry = (key, make(), threading.Lock())
+        entry[2].acquire()
+        with _GUARD:
+            kept = _CACHE.get(model)
+            if kept is None or not kept[2].locked():
+                _CACHE[model] = entry
+    try:
+        yield entry[1]
+    finally:
+        entry[2].release()
 
 
 def clear_cache() -> None:

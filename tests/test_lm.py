@@ -187,8 +187,10 @@ def test_chunked_sampling_draws_from_softmax_over_temperature():
 def test_a_chunk_sampler_is_reused_until_the_weights_change():
     """A model keeps its last chunk sampler (on a GPU: its captured graph). A later call with
     the same settings reuses it from its own prime and seed: the tokens a fresh sampler gives.
-    Other settings, or weights changed in place, make a new one; the cache keeps no model alive."""
+    Other settings, or weights changed in place, make a new one; the cache keeps no model alive;
+    a call while the kept sampler is in use (another thread) gets one of its own."""
     import gc
+    import threading
     import weakref
 
     from lightning_modules import sampling_graph
@@ -215,6 +217,20 @@ def test_a_chunk_sampler_is_reused_until_the_weights_change():
     del m
     gc.collect()
     assert ref() is None and len(sampling_graph._CACHE) == 0
+    m = CharRNN(20, "lstm", hidden=16, layers=2).eval()
+    want = {seed: sample_ids(m, [1, 2], 40, n=2, chunk=8, seed=seed) for seed in range(6)}
+    kept = sampling_graph._CACHE[m]
+    with kept[2]:  # held by another call: this one gets its own sampler and leaves the kept one
+        assert torch.equal(sample_ids(m, [1, 2], 40, n=2, chunk=8, seed=3), want[3])
+    assert sampling_graph._CACHE[m] is kept
+    got = {}  # threads sampling the same model at once: each call's tokens its own
+    threads = [threading.Thread(target=lambda sd: got.__setitem__(sd, [sample_ids(m, [1, 2], 40, n=2, chunk=8, seed=sd) for _ in range(5)]), args=(sd,))
+               for sd in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(ids, want[sd]) for sd, runs in got.items() for ids in runs) and len(got) == 6
     with torch.inference_mode():  # weights without a version counter: sampled, never cached
         frozen = CharRNN(20, "lstm", hidden=16, layers=2).eval()
     assert torch.equal(sample_ids(frozen, [1, 2], 12, chunk=4, argmax=True), sample_ids(frozen, [1, 2], 12, argmax=True, fast=False))
