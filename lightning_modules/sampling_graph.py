@@ -18,9 +18,10 @@ largest are set to -inf first; argmax: no noise.
 A capture costs about as much as generating a few hundred tokens, so each model keeps its
 last sampler (`borrowed`): a later call with the same streams, chunk, temperature, top_k and
 weights only copies its start (the prime's last logits and state) into the buffers and
-replays. A call made while another thread holds the kept sampler gets a sampler of its own. A weight updated in place (an optimizer step, load_state_dict) or replaced makes a
-new one; the cache holds no model alive (weak keys). Not seen: a write through `p.data`,
-which bypasses the version counter (call `clear_cache()` after one); and weights made under
+replays. A call made while another thread holds the kept sampler gets a sampler of its own.
+A weight updated in place (an optimizer step, load_state_dict) or replaced makes a new one;
+the cache holds no model alive (weak keys). Not seen: a write through `p.data`, which
+bypasses the version counter (call `clear_cache()` after one); and weights made under
 torch.inference_mode have no version counter, so those models get a new sampler every call.
 """
 from __future__ import annotations

@@ -394,9 +394,9 @@ def parse_sets(sets: list[str]) -> dict:
 
 def _text_value(value: str) -> str | None:
     """A text key's value as typed: `null`/`~` is none, '...' or "..." loses its quotes."""
-    if value.strip() in ("null", "~"):
-        return None
     v = value.strip()
+    if v in ("null", "~"):
+        return None
     if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
         try:
             q = yaml.safe_load(v)
