@@ -3,7 +3,8 @@
 `fit(cfg, data_dir, out_dir)` is the one training routine: the DVC stage, the Prefect
 flow, the studies, the benchmarks and the tests call it (pipeline/train.py adds params.yaml,
 MLflow and the metric files around it). `cfg` holds the model, optimisation and trainer
-settings (see `DEFAULTS`); `max_seconds` adds a time budget (lightning_modules/budget.py).
+settings (see `DEFAULTS`); `max_seconds` adds a time budget (lightning_modules/budget.py); `precision="auto"`
+takes bf16-mixed where the hardware has bf16 arithmetic (lightning_modules/precision.py).
 Checkpoints: out_dir/best.ckpt (lowest val_loss) and out_dir/last.ckpt, written by rank 0 only.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning_modules.budget import TimeBudget
 from lightning_modules.data import TextDataModule
 from lightning_modules.module import CharLM
+from lightning_modules.precision import resolve_precision
 
 MODEL = ("cell", "hidden", "layers", "dropout", "io_dropout", "weight_drop", "input", "fused")
 OPTIM = ("lr", "min_lr_frac", "warmup_steps", "decay_frac", "weight_decay", "betas", "clip", "max_steps", "bptt", "k1", "k2", "log_every")
@@ -126,6 +128,7 @@ def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(),
     stop_at < max_steps stops early with the schedule of the full run (for resume tests).
     """
     cfg = {**DEFAULTS, **cfg}
+    cfg["precision"] = resolve_precision(cfg["precision"], cfg["accelerator"])
     torch.set_float32_matmul_precision(cfg["matmul_precision"])
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
     dm = make_datamodule(cfg, data_dir)
@@ -150,6 +153,7 @@ def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(),
         "steps": steps,
         "train_seconds": seconds,
         "train_tokens_per_s": tokens / seconds if seconds else None,
+        "precision": cfg["precision"],
         "best_ckpt": str(Path(out_dir) / "best.ckpt") if out_dir is not None else None,
         "last_ckpt": str(last_path) if last_path is not None else None,
         "trainer": trainer,

@@ -156,7 +156,7 @@ CHOICES = {
     "bptt": ("full", "tbptt"),
     "accelerator": ("cpu", "gpu", "cuda", "mps", "auto"),
     "strategy": ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"),
-    "precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
+    "precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"),
 }
 POSITIVE = {
     "retries", "timeout_s", "max_vocab", "min_count", "hidden", "layers", "seq_len", "k1", "k2", "batch_size", "lr",

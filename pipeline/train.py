@@ -70,12 +70,14 @@ def check_device(accelerator: str) -> None:
 
 def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: Path = PLOTS, onehot_root: Path = ONEHOT) -> dict:
     """Train on one corpus; return the summary written to models/<corpus>/run.json."""
+    from lightning_modules.precision import resolve_precision
     from lightning_modules.train import fit
 
     data_dir, meta = check_data(corpus, params, onehot_root)
     tp = params.train
     check_device(tp.accelerator)
     cfg = tp.to_fit()
+    cfg["precision"] = resolve_precision(tp.precision, tp.accelerator)  # recorded as trained, not "auto"
     rank = global_rank()
     if rank != 0:  # a DDP worker launched by torchrun/SLURM/Lightning: train, write nothing
         fit(cfg, data_dir, models_root / f".{corpus}.rank{rank}")
@@ -109,6 +111,7 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
             "train_seconds": round(r["train_seconds"], 2),
             "train_tokens_per_s": round(r["train_tokens_per_s"], 1),
             "preset": params.preset,
+            "precision_setting": tp.precision,
             "train": cfg,
             "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
         }

@@ -27,6 +27,10 @@ def test_repro_end_to_end_outputs(repro):
     assert 0 < ev["val_loss"] < 3.0 and ev["val_bpc"] == pytest.approx(ev["val_loss"] / 0.6931471805599453, rel=1e-3)
     run = json.loads((proj / "models/tiny/run.json").read_text())
     assert run["steps"] == 30 and run["mlflow"]["registered"] == "charlm-tiny version 1"
+    from lightning_modules.precision import resolve_precision
+
+    # params.yaml's `precision: auto`, recorded as what trained on this CPU
+    assert run["precision_setting"] == "auto" and run["train"]["precision"] == resolve_precision("auto", "cpu")
     assert (proj / "samples/tiny.txt").read_text().startswith("ROMEO:")
     assert (proj / "plots/tiny/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     lines = (proj / "plots/tiny/train_loss.csv").read_text().splitlines()
@@ -55,6 +59,7 @@ def test_mlflow_store_holds_the_run(repro):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["train.cell"] == "lstm" and run.data.params["train.hidden"] == "32"
+    assert run.data.params["train.precision"] in ("bf16-mixed", "32-true")
     assert len(run.data.params["data.sha256"]) == 64 and int(run.data.params["data.vocab_size"]) > 10
     assert run.data.tags["sys.device"] == "cpu" and run.data.tags["sys.torch"].startswith("2.")
     hist = client.get_metric_history(run.info.run_id, "train_loss")

@@ -1,0 +1,40 @@
+"""`precision: auto`: bf16 autocast where the hardware computes in bf16, fp32 elsewhere.
+
+bf16-mixed keeps fp32 weights, optimizer state and loss, and runs the matmuls (and on a CPU
+oneDNN's LSTM) in bfloat16: 8 exponent bits like fp32, 7 mantissa bits. Where the hardware
+has bf16 arithmetic it is the faster choice at the same quality per step (a 2x256 LSTM on a
+CPU with AVX512-BF16: 1.6x the characters/s, val_loss equal to 1e-4 after 600 steps). Where
+it has none, bf16 is emulated and slower than fp32, so `auto` takes fp32 there:
+- CUDA: compute capability 8.0 and up (`torch.cuda.is_bf16_supported(including_emulation=False)`);
+- CPU: AVX512-BF16 or AMX tiles (x86); any other CPU gets fp32.
+"""
+from __future__ import annotations
+
+import torch
+
+AUTO = "auto"
+CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def native_bf16(device: str) -> bool:
+    """True when `device` ("cuda" or "cpu") computes bf16 in hardware."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device == "cpu":
+        # private probes of torch.cpu (cpuinfo): absent in some builds, then no bf16
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in CPU_BF16_PROBES)
+    return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """The Lightning precision to train with: `precision` itself unless it is "auto"; then
+    "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"."""
+    if precision != AUTO:
+        return precision
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        device = "cuda"
+    elif accelerator in ("cpu", "auto"):
+        device = "cpu"
+    else:  # mps and others: fp32
+        return "32-true"
+    return "bf16-mixed" if native_bf16(device) else "32-true"

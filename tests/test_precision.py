@@ -1,0 +1,55 @@
+"""`precision: auto` (lightning_modules/precision.py): bf16-mixed exactly where the hardware has bf16."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.precision import native_bf16, resolve_precision
+from tests.conftest import one_line_error, run_module
+
+
+def _cpu_flags() -> set[str]:
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    for line in info.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    pytest.skip("/proc/cpuinfo lists no flags")
+
+
+def test_cpu_bf16_follows_the_cpus_own_flags():
+    flags = _cpu_flags()
+    if "avx512_bf16" in flags:
+        assert native_bf16("cpu")
+    if not flags & {"avx512_bf16", "amx_bf16", "amx_tile"}:
+        assert not native_bf16("cpu")
+
+
+def test_auto_resolves_by_device_and_explicit_values_pass_through():
+    want = "bf16-mixed" if native_bf16("cpu") else "32-true"
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("auto", "mps") == "32-true"
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", "auto") == want  # auto accelerator: the CPU here
+        assert not native_bf16("cuda")
+    for p in ("32-true", "bf16-mixed", "16-mixed"):
+        assert resolve_precision(p, "cpu") == p
+
+
+def test_fit_trains_and_reports_the_resolved_precision(corpus):
+    from lightning_modules.train import fit
+    from tests.test_step_ops import CFG
+
+    r = fit(dict(CFG, precision="auto", max_steps=3), corpus, None)
+    want = resolve_precision("auto", "cpu")
+    assert r["precision"] == want and r["trainer"].precision == want and r["steps"] == 3
+
+
+def test_a_bad_precision_is_one_line_naming_the_choices(tmp_path):
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    r = run_module("pipeline.train", "tinyshakespeare", "--params", params, "--set", "train.precision=bf17", cwd=tmp_path)
+    err = one_line_error(r)
+    assert "train.precision" in err and "auto" in err
