@@ -4,6 +4,8 @@ DataModule) against a plain PyTorch loop on the same model and batch, in the sam
     python bench/train_step.py                      # CPU: 2x256 LSTM, B32 T128, fp32
     python bench/train_step.py --device cuda        # GPU: 3x512 LSTM, B128 T128, bf16 autocast
     python bench/train_step.py --quick              # a few steps, to check the script
+    python bench/train_step.py --precision auto     # CPU in params.yaml's precision: bf16 where the
+                                                    # CPU has it, + the fp32 plain loop for scale
 
 Prints a table; writes bench/out/train_step_<device>.json. The two loops alternate
 `--rounds` times; the table gives the best of each and the ratio of every round, so the
@@ -37,6 +39,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from lightning_modules.data import load_split  # noqa: E402
 from lightning_modules.lm import CharRNN  # noqa: E402
+from lightning_modules.precision import resolve_precision  # noqa: E402
 from lightning_modules.train import fit  # noqa: E402
 
 
@@ -166,29 +169,35 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))
     ap.add_argument("--rounds", type=int, default=3, help="alternate plain/project this many times; best of each")
+    ap.add_argument("--precision", choices=["32-true", "bf16-mixed", "auto"], default=None,
+                    help="both loops' precision (default: bf16-mixed on cuda, 32-true on cpu; auto as in params.yaml)")
     a = ap.parse_args()
     gpu = a.device == "cuda"
+    bf16 = gpu if a.precision is None else resolve_precision(a.precision, "gpu" if gpu else "cpu") == "bf16-mixed"
+    fp32_too = bf16 and not gpu  # bf16 on a CPU: the fp32 plain loop alternates too, for the speed-up
     H, L, B, T = (512, 3, 128, 128) if gpu else (256, 2, 32, 128)
     steps, warm = (5, 2) if a.quick else ((200, 20) if gpu else (40, 5))
     if not (Path(a.data) / "meta.json").exists():
         sys.exit(f"error: {a.data}/meta.json not found; run `dvc repro onehot@tinyshakespeare` first")
     meta = json.loads((Path(a.data) / "meta.json").read_text())
     data = load_split(a.data, "train")
-    plain, project = [], []
+    plain, project, plain32 = [], [], []
     for _ in range(1 if a.quick else a.rounds):
-        plain.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, gpu))
-        project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, gpu))
+        if fp32_too:
+            plain32.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, False))
+        plain.append(plain_loop(data, meta["vocab_size"], H, L, B, T, steps, warm, a.device, bf16))
+        project.append(project_loop(a.data, H, L, B, T, steps, warm, a.device, bf16))
     # 100 steps: two of them log (log_every 50), so the logging steps' syncs show too
-    syncs = project_syncs(a.data, H, L, B, T, 100 if gpu else 5, warm, a.device, gpu) if gpu or a.quick else None
+    syncs = project_syncs(a.data, H, L, B, T, 100 if gpu else 5, warm, a.device, bf16) if gpu or a.quick else None
     # the host's time per step: a tiny model, where a step is mostly Python and launches
     n_tiny = 50 if a.quick else 400
     chars = 2 * 8  # per step; the loops return chars/s
-    tiny = [(chars / plain_loop(data, meta["vocab_size"], 16, 1, 2, 8, n_tiny, 20, a.device, gpu),
-             chars / project_loop(a.data, 16, 1, 2, 8, n_tiny, 20, a.device, gpu)) for _ in range(1 if a.quick else 3)]
+    tiny = [(chars / plain_loop(data, meta["vocab_size"], 16, 1, 2, 8, n_tiny, 20, a.device, bf16),
+             chars / project_loop(a.data, 16, 1, 2, 8, n_tiny, 20, a.device, bf16)) for _ in range(1 if a.quick else 3)]
     ms_plain, ms_project = (1e3 * min(t[i] for t in tiny) for i in (0, 1))
     res = {
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
-        "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if gpu else ", fp32"),
+        "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if bf16 else ", fp32"),
         "plain_chars_per_s": round(max(plain)),
         "project_chars_per_s": round(max(project)),
         "ratio_project_to_plain": round(max(project) / max(plain), 3),
@@ -196,6 +205,9 @@ def main():
         "host_syncs": syncs,
         "tiny_model_ms_per_step": {"plain": round(ms_plain, 3), "project": round(ms_project, 3)},
     }
+    if plain32:
+        res["plain_fp32_chars_per_s"] = round(max(plain32))
+        res["ratio_project_to_plain_fp32"] = round(max(project) / max(plain32), 3)
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"train_step_{a.device}.json").write_text(json.dumps(res, indent=1))
@@ -206,6 +218,9 @@ def main():
     print(f"| ratio in each round (project / plain) | {', '.join(f'{r:.3f}x' for r in res['ratio_per_round'])} |")
     print(f"| host time per step beyond the plain loop's (1x16 LSTM, B2 T8: a step is mostly Python) | "
           f"{ms_project - ms_plain:+.3f} ms ({ms_project:.3f} against {ms_plain:.3f} ms per step, best of {len(tiny)}) |")
+    if plain32:
+        print(f"| the plain loop in fp32, same rounds | {res['plain_fp32_chars_per_s']:,} chars/s: the project in bf16 runs "
+              f"{res['ratio_project_to_plain_fp32']:.3f}x it |")
     if syncs is not None:
         where = ", ".join(f"{k} x{v}" for k, v in sorted(syncs.items(), key=lambda kv: -kv[1])) or "none"
         print(f"| host-device syncs in {100 if gpu else 5} project steps (log_every 50) | {sum(syncs.values())}: {where} |")
