@@ -52,7 +52,7 @@ def plain_loop(data, V, H, L, B, T, steps, warm, device, bf16):
     """The anchor's loop: embedding + nn.LSTM + linear, AdamW, clip 1.0, random windows."""
     torch.manual_seed(0)
     m = CharRNN(V, "lstm", H, L, 0.0).to(device)
-    opt = torch.optim.AdamW(m.parameters(), 3e-3, weight_decay=0.01, fused=device == "cuda" or None)
+    opt = torch.optim.AdamW(m.parameters(), 3e-3, weight_decay=0.01, fused=True)  # as the module's
     data = data.to(device)
     ar = torch.arange(T + 1, device=device)
 
@@ -141,6 +141,26 @@ class SyncCounter(Callback):
         self._stop()  # a run that ended inside the window (an error) leaves no mode behind
 
 
+def optimizer_ms(V, H, L, device, n=100) -> dict:
+    """ms per AdamW step over the model's parameters: torch's default (a loop over tensors on a
+    CPU, foreach on CUDA) against fused, the module's choice."""
+    m = CharRNN(V, "lstm", H, L, 0.0).to(device)
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    out = {}
+    for name, kw in (("default", {}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW(m.parameters(), 3e-3, weight_decay=0.01, **kw)
+        for _ in range(5):
+            opt.step()
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            opt.step()
+        sync(device)
+        out[name] = round(1e3 * (time.perf_counter() - t) / n, 3)
+    return out
+
+
 def project_cfg(H, L, B, T, steps, warm, device, bf16):
     return dict(
         hidden=H, layers=L, dropout=0.0, batch_size=B, seq_len=T, max_steps=warm + steps, val_every=10**9,
@@ -195,6 +215,7 @@ def main():
     tiny = [(chars / plain_loop(data, meta["vocab_size"], 16, 1, 2, 8, n_tiny, 20, a.device, bf16),
              chars / project_loop(a.data, 16, 1, 2, 8, n_tiny, 20, a.device, bf16)) for _ in range(1 if a.quick else 3)]
     ms_plain, ms_project = (1e3 * min(t[i] for t in tiny) for i in (0, 1))
+    opt_ms = optimizer_ms(meta["vocab_size"], H, L, a.device, 10 if a.quick else 100)
     res = {
         "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
         "model": f"{L}x{H} LSTM, B{B} T{T}" + (", bf16" if bf16 else ", fp32"),
@@ -204,6 +225,7 @@ def main():
         "ratio_per_round": [round(p / q, 3) for p, q in zip(project, plain)],
         "host_syncs": syncs,
         "tiny_model_ms_per_step": {"plain": round(ms_plain, 3), "project": round(ms_project, 3)},
+        "adamw_ms_per_step": opt_ms,
     }
     if plain32:
         res["plain_fp32_chars_per_s"] = round(max(plain32))
@@ -218,6 +240,8 @@ def main():
     print(f"| ratio in each round (project / plain) | {', '.join(f'{r:.3f}x' for r in res['ratio_per_round'])} |")
     print(f"| host time per step beyond the plain loop's (1x16 LSTM, B2 T8: a step is mostly Python) | "
           f"{ms_project - ms_plain:+.3f} ms ({ms_project:.3f} against {ms_plain:.3f} ms per step, best of {len(tiny)}) |")
+    print(f"| AdamW step over the model's parameters: fused (both loops) against torch's default | "
+          f"{opt_ms['fused']:.3f} against {opt_ms['default']:.3f} ms |")
     if plain32:
         print(f"| the plain loop in fp32, same rounds | {res['plain_fp32_chars_per_s']:,} chars/s: the project in bf16 runs "
               f"{res['ratio_project_to_plain_fp32']:.3f}x it |")

@@ -264,10 +264,10 @@ def test_unseeded_sampling_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true", "16-mixed"])
 def test_gradient_clipping_clips_the_true_gradients(precision):
-    """On CUDA the module takes fused AdamW, and Lightning's clip_gradients refuses a fused
-    optimizer under mixed precision (bf16 too): here a fused AdamW runs on the CPU (torch has
-    one) under bf16 and 32. Under 16-mixed (a GradScaler, a plain AdamW) the gradients the
-    optimizer sees are the unscaled ones, clipped to the norm asked for, not 1/65536 of it."""
+    """The module takes fused AdamW (CUDA and CPU), and Lightning's clip_gradients refuses a
+    fused optimizer under mixed precision (bf16 too): here it runs on the CPU under bf16 and 32.
+    Under 16-mixed (a GradScaler, a plain AdamW) the gradients the optimizer sees are the
+    unscaled ones, clipped to the norm asked for, not 1/65536 of it."""
     import lightning as L
     from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -277,9 +277,9 @@ def test_gradient_clipping_clips_the_true_gradients(precision):
 
     class Probe(CharLM):
         def configure_optimizers(self):
-            if precision == "16-mixed":
-                return super().configure_optimizers()
-            return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
+            opt = super().configure_optimizers()
+            assert bool(opt.defaults["fused"]) == (precision != "16-mixed"), opt.defaults["fused"]
+            return opt
 
         def on_before_optimizer_step(self, optimizer):
             if precision == "16-mixed":  # the clipping comes after the GradScaler's unscale_, not before

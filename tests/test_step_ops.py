@@ -42,7 +42,7 @@ def _plain_ops(data, vocab: int, bf16: bool) -> collections.Counter:
     torch.manual_seed(0)
     B, T = CFG["batch_size"], CFG["seq_len"]
     m = CharRNN(vocab, "lstm", CFG["hidden"], CFG["layers"], 0.0)
-    opt = torch.optim.AdamW(m.parameters(), CFG["lr"], betas=(0.9, 0.99), weight_decay=CFG["weight_decay"])
+    opt = torch.optim.AdamW(m.parameters(), CFG["lr"], betas=(0.9, 0.99), weight_decay=CFG["weight_decay"], fused=True)
     ar = torch.arange(T + 1)
 
     def step():
