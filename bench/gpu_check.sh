@@ -8,12 +8,12 @@
 #      with a 120 s budget (train.max_seconds: the decay of the schedule ends when it is spent):
 #      val_loss against training seconds (targets: <= 1.47 within 20 s, <= 1.40 within 120 s)
 #   4. a GPU checkpoint loaded and sampled on the CPU
-#   5. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call
+#   5. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)            [target 3]
+#      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
+#   6. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams   [target 4]
+#   7. the anchor script ../shared/bench/anchor_lstm_gpu.py (carried in gpu_carry/) in the same call
 #      (its time-to-loss run: ANCHOR_TTT_S seconds, default 30); anchor_limits_gpu.py too when
 #      ANCHOR_LIMITS=1 (about 2.5 more minutes)
-#   6. bench/cell_speed.py --device cuda: the equation cells (Triton kernels; + CUDA graph rows)            [target 3]
-#      against cuDNN, one layer H512 B128 T128, fp32/TF32 and bf16, each checked against the loop
-#   7. bench/sample_speed.py --device cuda: batch 1 (chunks of 32 tokens as CUDA graphs) and 256 streams   [target 4]
 #   then, with the time left (everything takes about 16 minutes: split it into two calls with ONLY):
 #   8. bench/graph_fit.py --device cuda: lstm-v trained end to end (the gpu preset's shape, 100 steps)
 #      with and without CUDA graphs: step rate and val_loss of both
@@ -96,16 +96,17 @@ from lightning_modules.checkpoint import load_checkpoint
 from lightning_modules.sampling import generate
 m, v, _ = load_checkpoint("models/tinyshakespeare/best.ckpt", map_location="cpu")
 print("GPU checkpoint sampled on the CPU:", repr(generate(m, v, "ROMEO:", 60, seed=0)[0][:70]))'
+# the kernels and sampling (targets 3 and 4) before the extra training runs: the default run measures every
+# target once within DEADLINE_S
+step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"
+step 80 sample_speed $PY bench/sample_speed.py --device $DEV $([ -n "$QUICK" ] && echo "--length 50"); grep "^|" "$LOGS/sample_speed.log" > "$LOGS/sample_speed.md"
+# the anchor after the four targets (it measures the baselines, not a target)
 if [ -f gpu_carry/anchor_lstm_gpu.py ]; then
   step 120 anchor_lstm $PY gpu_carry/anchor_lstm_gpu.py gpu_carry/tinyshakespeare.txt --budget-s $([ -n "$QUICK" ] && echo 5 || echo "${ANCHOR_TTT_S:-30}") $QUICK --out "$LOGS/anchor_lstm.json"
 fi
 if [ -f gpu_carry/anchor_limits_gpu.py ] && [ "${ANCHOR_LIMITS:-0}" = 1 ]; then
   step 200 anchor_limits $PY gpu_carry/anchor_limits_gpu.py gpu_carry/tinyshakespeare.txt $QUICK --out "$LOGS/anchor_limits.json"
 fi
-# the kernels and sampling (targets 3 and 4) before the extra training runs: the default run measures every
-# target once within DEADLINE_S
-step 130 cell_speed $PY bench/cell_speed.py --device $DEV $QUICK; grep "^|\|^equation\|^same\|^FAILED" "$LOGS/cell_speed.log" > "$LOGS/cell_speed.md"
-step 80 sample_speed $PY bench/sample_speed.py --device $DEV $([ -n "$QUICK" ] && echo "--length 50"); grep "^|" "$LOGS/sample_speed.log" > "$LOGS/sample_speed.md"
 # the equation LSTM's whole training step with and without CUDA graphs (before LSTM_GRAPH=1 can be the default)
 step 120 graph_fit $PY bench/graph_fit.py --device $DEV $QUICK; grep "^|" "$LOGS/graph_fit.log" > "$LOGS/graph_fit.md"
 # the other candidates for target 1, with the time that is left

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.train_step import StepTimer  # noqa: E402
+from lightning_modules.precision import resolve_precision  # noqa: E402
 from lightning_modules.train import fit  # noqa: E402
 from pipeline.config import load_params, parse_sets  # noqa: E402
 
@@ -45,6 +46,7 @@ def main():
         sets += ["train.hidden=32", "train.layers=2", "train.batch_size=8", "train.seq_len=32"]
         a.steps = 10
     cfg = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
+    cfg["precision"] = resolve_precision(cfg["precision"], cfg["accelerator"])
     warm = max(1, min(10, a.steps // 2))
     cfg.update(max_steps=a.steps, max_seconds=None, val_every=a.steps, progress_every=0, eval_batch=16 if a.quick else 64)
     res = {"device": a.device, "cell": a.cell, "steps": a.steps, "runs": {}}

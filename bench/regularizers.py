@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from lightning_modules.precision import resolve_precision  # noqa: E402
 from lightning_modules.train import fit  # noqa: E402
 from pipeline.config import load_params, parse_sets  # noqa: E402
 
@@ -85,6 +86,7 @@ def main():
         sets += ["train.hidden=32", "train.layers=2", "train.batch_size=8", "train.warmup_steps=2"]
         a.steps, a.train_chars = 20, 5_000
     base = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
+    base["precision"] = resolve_precision(base["precision"], base["accelerator"])  # auto: bf16 where the CPU has it
     base.update(max_steps=a.steps, max_seconds=None, progress_every=0, val_every=max(5, a.steps // 12))
     if a.decay_frac is not None:
         base["decay_frac"] = a.decay_frac
@@ -95,7 +97,7 @@ def main():
         "+ weight_drop": dict(dropout=a.p, io_dropout=a.p, weight_drop=a.wd_p),
     }
     runs = {k: v for k, v in runs.items() if not a.only or k in a.only}
-    res = {"preset": a.preset, "device": a.device, "train_chars": a.train_chars, "steps": a.steps, "runs": {}}
+    res = {"preset": a.preset, "device": a.device, "precision": base["precision"], "train_chars": a.train_chars, "steps": a.steps, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = cut_train_split(src, Path(tmp) / "data", a.train_chars)
         n_train = json.loads((data / "meta.json").read_text())["splits"]["train"]
@@ -111,7 +113,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / f"regularizers_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"| {a.preset} preset, {n_train:,} train chars, {a.steps} steps ({res['passes_over_train']} passes), "
-          f"decay_frac {base['decay_frac']}, {a.device} "
+          f"decay_frac {base['decay_frac']}, {a.device}, {base['precision']} "
           "| dropout | io_dropout | weight_drop | best val_loss (step) | val_loss at the end |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in res["runs"].items():

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_modules.budget import TimeBudget  # noqa: E402
+from lightning_modules.precision import resolve_precision  # noqa: E402
 from lightning_modules.train import fit  # noqa: E402
 from pipeline.config import load_params, parse_sets  # noqa: E402
 
@@ -67,19 +68,20 @@ def main():
         sets += ["train.hidden=32", "train.layers=1", "train.batch_size=8", "train.warmup_steps=5"]
         a.seconds = 5.0
     cfg = load_params(ROOT / "params.yaml", parse_sets(sets)).train.to_fit()
+    cfg["precision"] = resolve_precision(cfg["precision"], cfg["accelerator"])  # auto: bf16 where the CPU has it
     # validation time is left out of both clocks; the budget re-estimates at each validation
     cfg.update(progress_every=0, val_every=5 if a.quick else 100)
     cut = run(dict(cfg, decay_frac=1.0), a.data, [CutOff(a.seconds)])
     budget = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds, decay_frac=1.0), a.data)
     wsd = run(dict(cfg, max_steps=10**9, max_seconds=a.seconds, decay_frac=a.decay_frac), a.data)
-    res = {"preset": a.preset, "device": a.device, "seconds": a.seconds, "max_steps of the cut run": cfg["max_steps"],
+    res = {"preset": a.preset, "device": a.device, "precision": cfg["precision"], "seconds": a.seconds, "max_steps of the cut run": cfg["max_steps"],
            "decay_frac of the wsd run": a.decay_frac, "cut": cut, "budget": budget, "wsd": wsd,
            "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4),
            "val_loss_gain_wsd": round(cut["final_val_loss"] - wsd["final_val_loss"], 4)}
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"time_budget_{a.device}.json").write_text(json.dumps(res, indent=1))
-    print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device} | steps | train s | lr at the stop | val_loss at the stop |")
+    print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device}, {cfg['precision']} | steps | train s | lr at the stop | val_loss at the stop |")
     print("|---|---:|---:|---:|---:|")
     rows = (("cut off (cosine over max_steps)", cut), ("time budget (cosine ends at the stop)", budget),
             (f"time budget, warmup-stable-decay (decay_frac {a.decay_frac})", wsd))

@@ -232,7 +232,7 @@ def main():
         res["ratio_project_to_plain_fp32"] = round(max(project) / max(plain32), 3)
     out = ROOT / "bench/out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_step_{a.device}.json").write_text(json.dumps(res, indent=1))
+    (out / f"train_step_{a.device}{'_bf16' if bf16 and not gpu else ''}.json").write_text(json.dumps(res, indent=1))
     print("| measure | value |\n|---|---|")
     print(f"| device | {res['device']} |")
     print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")

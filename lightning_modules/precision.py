@@ -27,14 +27,20 @@ def native_bf16(device: str) -> bool:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """The Lightning precision to train with: `precision` itself unless it is "auto"; then
-    "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"."""
-    if precision != AUTO:
-        return precision
+    """The Lightning precision that will train: `precision` itself, except "auto" ->
+    "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"; and "16-mixed" on a
+    CPU -> "bf16-mixed", the swap Lightning's Trainer makes there (CPU autocast has no fp16).
+
+    Each process resolves for its own machine: give multi-node runs on mixed hardware an
+    explicit precision. On CUDA the probe initialises CUDA in the calling process."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         device = "cuda"
     elif accelerator in ("cpu", "auto"):
         device = "cpu"
     else:  # mps and others: fp32
-        return "32-true"
-    return "bf16-mixed" if native_bf16(device) else "32-true"
+        device = None
+    if precision == "16-mixed" and device == "cpu":
+        return "bf16-mixed"
+    if precision != AUTO:
+        return precision
+    return "bf16-mixed" if device and native_bf16(device) else "32-true"

@@ -153,7 +153,7 @@ def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(),
         "steps": steps,
         "train_seconds": seconds,
         "train_tokens_per_s": tokens / seconds if seconds else None,
-        "precision": cfg["precision"],
+        "precision": str(trainer.precision),  # what Lightning trained with
         "best_ckpt": str(Path(out_dir) / "best.ckpt") if out_dir is not None else None,
         "last_ckpt": str(last_path) if last_path is not None else None,
         "trainer": trainer,

@@ -35,17 +35,20 @@ def test_auto_resolves_by_device_and_explicit_values_pass_through():
     if not torch.cuda.is_available():
         assert resolve_precision("auto", "auto") == want  # auto accelerator: the CPU here
         assert not native_bf16("cuda")
-    for p in ("32-true", "bf16-mixed", "16-mixed"):
+    for p in ("32-true", "bf16-mixed", "bf16-true"):
         assert resolve_precision(p, "cpu") == p
+    assert resolve_precision("16-mixed", "cpu") == "bf16-mixed"  # Lightning's own swap on a CPU
+    assert resolve_precision("16-mixed", "mps") == "16-mixed"
 
 
 def test_fit_trains_and_reports_the_resolved_precision(corpus):
     from lightning_modules.train import fit
     from tests.test_step_ops import CFG
 
-    r = fit(dict(CFG, precision="auto", max_steps=3), corpus, None)
-    want = resolve_precision("auto", "cpu")
-    assert r["precision"] == want and r["trainer"].precision == want and r["steps"] == 3
+    for asked in ("auto", "16-mixed"):  # 16-mixed: the Trainer swaps in bf16 on a CPU, and says so
+        r = fit(dict(CFG, precision=asked, max_steps=3), corpus, None)
+        want = resolve_precision(asked, "cpu")
+        assert r["precision"] == want == r["trainer"].precision and r["steps"] == 3
 
 
 def test_a_bad_precision_is_one_line_naming_the_choices(tmp_path):
