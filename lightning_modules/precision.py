@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 AUTO = "auto"
+ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}  # Lightning's short names
 CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
@@ -28,8 +29,9 @@ def native_bf16(device: str) -> bool:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """The Lightning precision that will train: `precision` itself, except "auto" ->
-    "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"; and "16-mixed" on a
-    CPU -> "bf16-mixed", the swap Lightning's Trainer makes there (CPU autocast has no fp16).
+    "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"; short names ("32")
+    spelled out as the Trainer does; and "16-mixed" on a CPU -> "bf16-mixed", the swap
+    Lightning's Trainer makes there (CPU autocast has no fp16).
 
     Each process resolves for its own machine: give multi-node runs on mixed hardware an
     explicit precision. On CUDA the probe initialises CUDA in the calling process."""
@@ -39,6 +41,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         device = "cpu"
     else:  # mps and others: fp32
         device = None
+    precision = ALIASES.get(precision, precision)
     if precision == "16-mixed" and device == "cpu":
         return "bf16-mixed"
     if precision != AUTO:

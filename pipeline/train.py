@@ -103,7 +103,6 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
             if run_id:
                 tracking.end_run(uri, run_id, "FAILED")
             raise
-        cfg["precision"] = r["precision"]
         shutil.copyfile(data_dir / "vocab.json", out / "vocab.json")
         summary = {
             "corpus": corpus,

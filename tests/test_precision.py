@@ -39,13 +39,14 @@ def test_auto_resolves_by_device_and_explicit_values_pass_through():
         assert resolve_precision(p, "cpu") == p
     assert resolve_precision("16-mixed", "cpu") == "bf16-mixed"  # Lightning's own swap on a CPU
     assert resolve_precision("16-mixed", "mps") == "16-mixed"
+    assert resolve_precision("32", "cpu") == "32-true"  # the Trainer's own spelling
 
 
 def test_fit_trains_and_reports_the_resolved_precision(corpus):
     from lightning_modules.train import fit
     from tests.test_step_ops import CFG
 
-    for asked in ("auto", "16-mixed"):  # 16-mixed: the Trainer swaps in bf16 on a CPU, and says so
+    for asked in ("auto", "16-mixed", "32"):  # 16-mixed: the Trainer swaps in bf16 on a CPU, and says so
         r = fit(dict(CFG, precision=asked, max_steps=3), corpus, None)
         want = resolve_precision(asked, "cpu")
         assert r["precision"] == want == r["trainer"].precision and r["steps"] == 3
