@@ -1,6 +1,6 @@
 """Study `captioning` (slide 19): a CNN encoder feeding an LSTM decoder writes captions.
 
-    python -m studies.captioning      # -> reports/captioning/{metrics,examples}.{csv,md}, examples.png, curves.png, result.json
+    python -m studies.captioning      # -> reports/captioning/{metrics,examples,curves}.{csv,md}, examples.png, curves.png, result.json
 
 The images are synthetic scenes of one or two coloured shapes (studies/shapes.py), each with
 every caption true of it ("a small blue square left of a large red circle" and "a large red
@@ -138,7 +138,8 @@ def evaluate(model, images: np.ndarray, ref_ids: np.ndarray, refs: list[list[str
 def _curves(histories: dict, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for (name, hist), colour in zip(histories.items(), ("C0", "C3")):
+    for i, (name, hist) in enumerate(histories.items()):
+        colour = f"C{i}"
         h = pd.DataFrame(hist)
         tr = h.dropna(subset=["train_loss"]) if "train_loss" in h else h.iloc[:0]
         va = h.dropna(subset=["val_loss"]) if "val_loss" in h else h.iloc[:0]
@@ -212,6 +213,7 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
     write_table(ex, out_dir, "examples")
     png = _examples_png(va.images[:k], va.refs[:k], best[:k], blind[:k], out_dir / "examples.png")
     curves = _curves(histories, out_dir / "curves.png")
+    write_table(pd.DataFrame([{"model": name, **row} for name, hist in histories.items() for row in hist]), out_dir, "curves")
 
     last = table.groupby("model", sort=False).last()   # each model at the widest beam
     by_feed = {f: {c: float(last.loc[FEEDS[f], c]) for c in ("val_loss", "bleu4", "exact", "exact_heldout")} for f in hp.feeds}
@@ -223,7 +225,7 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
     metrics = {k2: v for k2, v in result.items() if isinstance(v, float)}
     metrics.update({f"{f}_{k2}": v for f, d in by_feed.items() for k2, v in d.items()})
     log_study(params, "captioning", f"{hp.cell}-{hp.hidden}", hp, metrics,
-              [out_dir / f for f in ("metrics.csv", "metrics.md", "examples.md", "examples.csv")] + [png, curves, res])
+              [out_dir / f for f in ("metrics.csv", "metrics.md", "examples.md", "examples.csv", "curves.csv")] + [png, curves, res])
     return result
 
 

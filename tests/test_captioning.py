@@ -121,6 +121,9 @@ def test_captioning_study_reads_the_image(tmp_path):
     assert m["val_loss"].iloc[0] == m["val_loss"].iloc[1] < m["val_loss"].iloc[2]  # decoding leaves the loss alone
     ex = pd.read_csv(out / "examples.csv")
     assert len(ex) == 4 and set(ex.columns) == {"references", "caption", "right", "blind"}
+    c = pd.read_csv(out / "curves.csv")  # every model's curve, validation every 100 steps
+    assert set(c["model"]) == set(m["model"])
+    assert sorted(c.dropna(subset=["val_loss"])["step"]) == [100, 100, 200, 200]
     for f in ("metrics.md", "examples.md", "examples.png", "curves.png"):
         assert (out / f).stat().st_size > 0
     assert json.loads((out / "result.json").read_text())["vocabulary"][:3] == ["<pad>", "<start>", "<end>"]
