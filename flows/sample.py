@@ -21,13 +21,11 @@ from pipeline.sample import format_samples, sample_text
 
 def resolve(model: str, tmp: Path) -> Path:
     if model.startswith(("models:/", "runs:/")):
-        import mlflow
+        from pipeline.tracking import checkpoint_from_model_uri, fluent_uri
 
-        from pipeline.tracking import checkpoint_from_model_uri
-
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}")
         try:
-            ckpt, _ = checkpoint_from_model_uri(model, tmp)
+            with fluent_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"):
+                ckpt, _ = checkpoint_from_model_uri(model, tmp)
         except Exception as e:  # MlflowException for an unknown name/version, and the like
             raise UserError(f"{model}: cannot load it from MLflow ({str(e).splitlines()[0]}); check the name/version with the MLflow UI") from None
         return ckpt

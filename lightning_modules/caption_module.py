@@ -47,11 +47,11 @@ class CaptionModule(L.LightningModule):
         self._val = [0.0, 0]
 
     def configure_optimizers(self):
-        """AdamW, the lr held for 80% of the steps, then a linear decay to 10% of it."""
+        """AdamW, the lr held for 80% of the steps, then a linear decay: 10% of it at the last step."""
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         hold = int(self.hparams.max_steps * 0.8)
         tail = max(1, self.hparams.max_steps - hold)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < hold else max(0.1, 1 - 0.9 * (s - hold) / tail))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < hold else max(0.1, 1 - 0.9 * (s - hold + 1) / tail))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

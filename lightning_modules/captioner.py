@@ -89,7 +89,15 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def caption(self, images: Tensor, beam: int = 1, max_len: int = 16) -> tuple[list[list[int]], Tensor]:
-        """The most likely captions found with a beam of `beam` -> (word ids without <start>/<end>, log-probabilities)."""
+        """The most likely captions -> (word ids without <start>/<end>, their log-probabilities).
+
+        beam 1: greedy, the most likely word fed back until <end> or `max_len` words.
+        beam K > 1: the K most likely unfinished captions live on. A caption that takes <end>
+        is set aside as its image's best finished one when it beats the one found so far,
+        and the search stops once no live caption scores above it (log-probabilities only
+        fall). A caption cut off at `max_len` words (its score without <end>) is returned
+        only where no caption finished. <pad> and <start> are never generated.
+        """
         if beam < 1:
             raise ValueError(f"beam must be at least 1, got {beam}")
         B, K, V = images.shape[0], beam, self.vocab_size
@@ -102,24 +110,43 @@ class Captioner(nn.Module):
         v = v.repeat_interleave(K, 0)                                     # (B*K, E)
         tokens = torch.full((B * K, 1), START, dtype=torch.long, device=images.device)
         scores = torch.full((B, K), float("-inf"), device=images.device)
-        scores[:, 0] = 0.0                                                # one live beam at first
-        done = torch.zeros(B * K, dtype=torch.bool, device=images.device)
-        ended = torch.full((V,), float("-inf"), device=images.device)
-        ended[END] = 0.0                                                  # a finished caption stays as it is
+        scores[:, 0] = 0.0                                                # one live caption at first
+        fin_score = torch.full((B,), float("-inf"), device=images.device)
+        fin_tokens: list[list[int]] = [[] for _ in range(B)]
+        rows = torch.arange(B, device=images.device)
+        done = torch.zeros(B, dtype=torch.bool, device=images.device)     # greedy: <end> taken
         for _ in range(max_len):
             y, new = self.rnn(self._step_input(tokens[:, -1:], v), state)
             logp = F.log_softmax(self.head(y[:, -1]).float(), -1)
-            logp = torch.where(done[:, None], ended, logp)
-            top, idx = (scores.reshape(-1, 1) + logp).reshape(B, K * V).topk(K, -1)
-            src = (torch.arange(B, device=images.device)[:, None] * K + idx // V).reshape(-1)
-            tok = (idx % V).reshape(-1, 1)
-            tokens = torch.cat([tokens[src], tok], 1)
+            logp[:, PAD] = logp[:, START] = float("-inf")
+            cand = (scores.reshape(-1, 1) + logp).reshape(B, K, V)
+            if K == 1:
+                word = cand[:, 0].argmax(-1)
+                ends = ~done & (word == END)
+                for b in ends.nonzero()[:, 0].tolist():
+                    fin_tokens[b] = tokens[b, 1:].tolist()
+                fin_score = torch.where(ends, cand[rows, 0, END], fin_score)
+                done |= ends
+                scores = cand[rows, 0, word][:, None]
+                tokens = torch.cat([tokens, word[:, None]], 1)
+                state = new
+                if bool(done.all()):
+                    break
+                continue
+            end_score, end_k = cand[:, :, END].max(-1)                   # the best caption ending here
+            better = end_score > fin_score
+            for b in better.nonzero()[:, 0].tolist():
+                fin_tokens[b] = tokens[b * K + int(end_k[b]), 1:].tolist()
+            fin_score = torch.where(better, end_score, fin_score)
+            cand[:, :, END] = float("-inf")
+            top, idx = cand.reshape(B, K * V).topk(K, -1)
+            src = (rows[:, None] * K + idx // V).reshape(-1)
+            tokens = torch.cat([tokens[src], (idx % V).reshape(-1, 1)], 1)
             state = tuple(s[:, src] for s in new)
-            done = done[src] | (tok[:, 0] == END)
             scores = top
-            if bool(done.all()):
+            if bool((scores.max(-1).values <= fin_score).all()):
                 break
         best = scores.argmax(-1)
-        rows = tokens.reshape(B, K, -1)[torch.arange(B), best, 1:].tolist()
-        out = [r[: r.index(END)] if END in r else r for r in rows]
-        return out, scores[torch.arange(B), best]
+        found = fin_score > float("-inf")
+        out = [fin_tokens[b] if found[b] else tokens[b * K + int(best[b]), 1:].tolist() for b in range(B)]
+        return out, torch.where(found, fin_score, scores[rows, best])

@@ -16,6 +16,7 @@ weights-only checkpoint and vocab.json travel inside the same model as extra fil
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -28,6 +29,27 @@ from pipeline.config import Params
 
 def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str):
+    """`mlflow.set_tracking_uri(uri)` for the fluent API, without leaving MLflow's copy behind.
+
+    MLflow 3 also writes the URI into os.environ["MLFLOW_TRACKING_URI"], which `tracking_uri`
+    reads as the user's choice: in a long-lived process (a Prefect worker, a notebook, the
+    tests) every later run would then log to the first store, whatever its params said.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def db_folder(uri: str) -> Path:
@@ -73,7 +95,6 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     import mlflow
     from mlflow.entities import Param, RunTag
 
-    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp:
@@ -169,8 +190,7 @@ def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int,
         inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, seq_len))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, seq_len, V))]),
     )
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
+    with fluent_uri(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             Scorer(model).eval(),
             name="model",

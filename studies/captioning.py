@@ -62,17 +62,20 @@ class CaptioningParams:
 
 def check(hp: CaptioningParams) -> None:
     """What params.yaml's validation (pipeline/config.py: cell, accelerator, types) leaves to the study."""
-    for key in ("steps", "val_every", "beam", "embed", "hidden", "layers", "batch_size", "val_images"):
+    for key in ("steps", "val_every", "beam", "embed", "hidden", "layers", "batch_size", "val_images", "examples"):
         if getattr(hp, key) < 1:
             raise UserError(f"studies.captioning.{key}: must be at least 1, got {getattr(hp, key)}")
     if hp.train_images < hp.batch_size:
         raise UserError(f"studies.captioning.train_images: {hp.train_images} is fewer than one batch "
                         f"(batch_size {hp.batch_size}); raise it or lower the batch size")
-    bad = [f for f in hp.feeds if f not in FEEDS]
-    if bad or not hp.feeds or len(set(hp.feeds)) < len(hp.feeds):
+    feeds = hp.feeds if isinstance(hp.feeds, list) else [None]
+    if any(f not in FEEDS for f in feeds) or not feeds or len(set(feeds)) < len(feeds):
         raise UserError(f"studies.captioning.feeds: a list of {' and '.join(FEEDS)} (first: the image as the input before "
                         f"<start>, every: beside every word), got {hp.feeds!r}")
     check_holdout(hp.holdout)
+    if hp.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"studies.captioning.accelerator is {hp.accelerator} but no CUDA device is visible; "
+                        "--set studies.captioning.accelerator=cpu (or auto)")
 
 
 class Words:
@@ -131,7 +134,7 @@ def evaluate(model, images: np.ndarray, ref_ids: np.ndarray, refs: list[list[str
     right = np.array([h in rs for h, rs in zip(hyps, refs)])
     loss = total / len(imgs)
     return {"val_loss": loss, "perplexity": float(np.exp(loss)), "bleu4": corpus_bleu(hyps, refs),
-            "exact": float(right.mean()), "exact_heldout": float(right[unseen].mean()) if unseen.any() else float("nan"),
+            "exact": float(right.mean()), "exact_heldout": float(right[unseen].mean()) if unseen.any() else None,
             "heldout_images": int(unseen.sum())}, hyps
 
 
@@ -216,17 +219,22 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
     write_table(pd.DataFrame([{"model": name, **row} for name, hist in histories.items() for row in hist]), out_dir, "curves")
 
     last = table.groupby("model", sort=False).last()   # each model at the widest beam
-    by_feed = {f: {c: float(last.loc[FEEDS[f], c]) for c in ("val_loss", "bleu4", "exact", "exact_heldout")} for f in hp.feeds}
+    by_feed = {f: {c: None if pd.isna(last.loc[FEEDS[f], c]) else float(last.loc[FEEDS[f], c])
+                   for c in ("val_loss", "bleu4", "exact", "exact_heldout")} for f in hp.feeds}
     result = {"params": asdict(hp), "vocabulary": words.itos, "max_caption_words": length - 2, "model": main,
               **by_feed[hp.feeds[0]], "blind_val_loss": float(last.loc[BLIND, "val_loss"]),
               "blind_bleu4": float(last.loc[BLIND, "bleu4"]), "heldout_images": int(unseen.sum()),
               "by_feed": by_feed, "train_s": seconds, "seconds": time.perf_counter() - t0}
     res = write_result(out_dir, result)
     metrics = {k2: v for k2, v in result.items() if isinstance(v, float)}
-    metrics.update({f"{f}_{k2}": v for f, d in by_feed.items() for k2, v in d.items()})
+    metrics.update({f"{f}_{k2}": v for f, d in by_feed.items() for k2, v in d.items() if v is not None})
     log_study(params, "captioning", f"{hp.cell}-{hp.hidden}", hp, metrics,
               [out_dir / f for f in ("metrics.csv", "metrics.md", "examples.md", "examples.csv", "curves.csv")] + [png, curves, res])
     return result
+
+
+def _share(x: float | None) -> str:
+    return "(none)" if x is None else f"{x:.1%}"
 
 
 @cli
@@ -239,8 +247,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     r = run(load_params(a.params, parse_sets(a.set)), Path(a.out))
     print(f"captioning: val_loss {r['val_loss']:.4f} nats/word (blind {r['blind_val_loss']:.4f}), BLEU-4 {r['bleu4']:.3f} "
-          f"(blind {r['blind_bleu4']:.3f}), exactly right {r['exact']:.1%}, on the {r['heldout_images']} held-out scenes "
-          f"{r['exact_heldout']:.1%} ({r['model']}) -> {a.out}")
+          f"(blind {r['blind_bleu4']:.3f}), exactly right {r['exact']:.1%}, on the {r['heldout_images']} validation scenes "
+          f"no training image showed {_share(r['exact_heldout'])} ({r['model']}) -> {a.out}")
 
 
 if __name__ == "__main__":

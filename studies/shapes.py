@@ -31,7 +31,8 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 SIZES = ("small", "large")
 RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-MIN_SIZE = 24
+MIN_SIZE, MAX_SIZE = 24, 128
+MAX_TRIES = 10_000  # placements per scene (two large shapes in 32 pixels: about 1 in 22 fits)
 
 
 @dataclass
@@ -104,8 +105,9 @@ def scenes(n: int, size: int = 32, two_objects: float = 0.7, noise: float = 0.08
     check_holdout(exclude)
     if n < 1:
         raise UserError(f"captioning: the number of images must be at least 1, got {n}")
-    if size < MIN_SIZE:
-        raise UserError(f"studies.captioning.image_size: at least {MIN_SIZE} pixels for two shapes side by side, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"studies.captioning.image_size: {MIN_SIZE} to {MAX_SIZE} pixels (two shapes side by side; "
+                        f"the scenes are held in memory), got {size}")
     if not 0 <= two_objects <= 1:
         raise UserError(f"studies.captioning.two_objects: a share in [0, 1], got {two_objects}")
     if not 0 <= noise <= 1:
@@ -116,15 +118,18 @@ def scenes(n: int, size: int = 32, two_objects: float = 0.7, noise: float = 0.08
     refs, objects = [], []
     for i in range(n):
         k = 2 if rng.random() < two_objects else 1
-        while True:
+        while True:  # the shapes first (each of the 24 equally likely, but the excluded one)...
             objs = [{"shape": SHAPES[rng.integers(3)], "colour": list(COLOURS)[rng.integers(4)], "size": SIZES[rng.integers(2)]}
                     for _ in range(k)]
-            if exclude and any(f"{o['size']} {o['colour']} {o['shape']}" == exclude for o in objs):
-                continue
-            radii = [_radius(size, o["size"]) for o in objs]
+            if not (exclude and any(f"{o['size']} {o['colour']} {o['shape']}" == exclude for o in objs)):
+                break
+        radii = [_radius(size, o["size"]) for o in objs]
+        for _ in range(MAX_TRIES):  # ...then their places: redrawing the shapes would favour the small ones
             pts = _place(rng, size, radii)
             if pts is not None:
                 break
+        else:
+            raise UserError(f"studies.captioning.image_size: {size} pixels leave no room for two large shapes apart; raise it")
         img = np.full((size, size, 3), 25.0, np.float32)
         for o, r, (x, y) in zip(objs, radii, pts):
             o.update(x=float(x), y=float(y), r=float(r))

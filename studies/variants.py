@@ -156,8 +156,8 @@ def read_back(params, task: str, invocation: str, fallback: list[dict]) -> pd.Da
 
     from pipeline import tracking
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
-    df = mlflow.search_runs(experiment_names=[f"study-variants-{task}"], filter_string=f"tags.invocation = '{invocation}'")
+    with tracking.fluent_uri(tracking.tracking_uri(params)):
+        df = mlflow.search_runs(experiment_names=[f"study-variants-{task}"], filter_string=f"tags.invocation = '{invocation}'")
     return pd.DataFrame({
         "variant": df["tags.variant"], "lr": df["params.lr"].astype(float), "hidden": df["params.hidden"].astype(int),
         "test_score": df["metrics.test_score"], "val_score": df["metrics.val_score"], "params": df["metrics.params_count"].astype(int),
