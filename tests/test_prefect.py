@@ -1,6 +1,7 @@
 """Prefect: the flow served as a deployment on a real API server (127.0.0.1), triggered, completed, tracked."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -47,3 +48,32 @@ def test_served_deployment_runs_and_tracks(tmp_path, prefect_api):
     assert (proj / "outputs/flow/samples/tiny.txt").read_text().startswith("ROMEO:")
     # the flow's data went through DVC, and its model outputs stayed out of DVC's workspace
     assert (proj / "dvc.lock").exists() and not (proj / "models").exists()
+
+
+def test_studies_flow_runs_the_studies_as_tasks_and_publishes_their_tables(tmp_path, prefect_api):
+    """`python -m flows.studies_flow --study hello --study captioning` against a real API server:
+    each study's report lands, each table is a Markdown artifact, each study logs to MLflow."""
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p["studies"]["captioning"].update(train_images=600, val_images=60, steps=30, val_every=30, embed=16, hidden=24,
+                                      feeds=["every"], examples=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    e = dict(os.environ, PREFECT_API_URL=prefect_api, PYTHONPATH=str(ROOT), PREFECT_HOME=str(tmp_path / "prefect"))
+    run = subprocess.run([PY, "-m", "flows.studies_flow", "--study", "hello", "--study", "captioning"], cwd=tmp_path,
+                         env=e, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "Completed" in out, out[-3000:]
+    assert (tmp_path / "reports/hello/result.json").is_file() and (tmp_path / "reports/captioning/metrics.md").is_file()
+    assert not (tmp_path / "docs/review.md").exists()  # the review page needs every study's report
+    prefect = str(Path(PY).parent / "prefect")
+    art = subprocess.run([prefect, "artifact", "inspect", "study-captioning", "-o", "json"], env=e, capture_output=True, text=True)
+    assert art.returncode == 0, art.stderr
+    (latest,) = json.loads(art.stdout)
+    assert latest["type"] == "markdown" and "| CNN + LSTM (image at every step) | greedy" in latest["data"], latest
+    import mlflow
+
+    client = mlflow.MlflowClient(p["tracking"]["uri"])
+    for study in ("hello", "captioning"):
+        assert client.search_runs([client.get_experiment_by_name(f"study-{study}").experiment_id])
