@@ -33,23 +33,28 @@ def tracking_uri(params: Params) -> str:
 
 @contextlib.contextmanager
 def fluent_uri(uri: str):
-    """`mlflow.set_tracking_uri(uri)` for the fluent API, without leaving MLflow's copy behind.
+    """`mlflow.set_tracking_uri(uri)` for the fluent API inside the block only.
 
     MLflow 3 also writes the URI into os.environ["MLFLOW_TRACKING_URI"], which `tracking_uri`
     reads as the user's choice: in a long-lived process (a Prefect worker, a notebook, the
-    tests) every later run would then log to the first store, whatever its params said.
+    tests) every later run would then log to the first store, whatever its params said. On
+    leaving, both the variable and MLflow's own current URI are put back as they were.
     """
     import mlflow
+    from mlflow.tracking._tracking_service import utils as service
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    fluent_before = getattr(service, "_tracking_uri", None)
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        if before is None:
+        if hasattr(service, "_tracking_uri"):
+            service._tracking_uri = fluent_before
+        if env_before is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 def db_folder(uri: str) -> Path:

@@ -15,6 +15,7 @@ def test_a_run_leaves_no_tracking_uri_in_the_environment_for_the_next_one(tmp_pa
     reads that variable as the user's choice, so a second run with other params in the same
     process logged into the first run's store."""
     assert "MLFLOW_TRACKING_URI" not in os.environ
+    default = mlflow.get_tracking_uri()
     uris = [f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")]
     for uri in uris:
         params = load_params(ROOT / "params.yaml", {"tracking.uri": uri})
@@ -22,16 +23,15 @@ def test_a_run_leaves_no_tracking_uri_in_the_environment_for_the_next_one(tmp_pa
         run_id = tracking.start_run(uri, "study-x", "r", {"p": "1"}, {})
         with tracking.fluent_uri(uri):  # the fluent API sees the URI inside, not after
             assert mlflow.get_tracking_uri() == uri
-            assert os.environ["MLFLOW_TRACKING_URI"] == uri
         tracking.end_run(uri, run_id)
-        assert "MLFLOW_TRACKING_URI" not in os.environ
+        assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() == default
     for uri in uris:  # one run in each store
         client = mlflow.MlflowClient(uri)
         assert len(client.search_runs([client.get_experiment_by_name("study-x").experiment_id])) == 1
     os.environ["MLFLOW_TRACKING_URI"] = uris[0]  # a URI the user set stays set
     try:
         with tracking.fluent_uri(uris[1]):
-            pass
-        assert os.environ["MLFLOW_TRACKING_URI"] == uris[0]
+            assert mlflow.get_tracking_uri() == uris[1]
+        assert os.environ["MLFLOW_TRACKING_URI"] == uris[0] and mlflow.get_tracking_uri() == uris[0]
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
