@@ -3,8 +3,9 @@
     python -m flows.sample --model models/tinyshakespeare/best.ckpt --prime "ROMEO:" --length 500
     python -m flows.sample --model models:/charlm-tinyshakespeare/latest --temperature 0.8 --prime "ROMEO:" --length 500
 
-A models:/ URI is resolved with MLflow (MLFLOW_TRACKING_URI, default the project's
-sqlite:///mlflow.db); the weights-only checkpoint logged inside the model is used.
+A models:/ URI is resolved with MLflow in the store the pipeline logs to: MLFLOW_TRACKING_URI,
+else `tracking.uri` of --params (params.yaml), else the project's sqlite:///mlflow.db; the
+weights-only checkpoint logged inside the model is used.
 """
 from __future__ import annotations
 
@@ -19,12 +20,23 @@ from pipeline.errors import UserError, cli
 from pipeline.sample import format_samples, sample_text
 
 
-def resolve(model: str, tmp: Path) -> Path:
+def store_uri(params_path: str) -> str:
+    """The store `pipeline.train` logs to with these params (see the module docstring)."""
+    from pipeline.config import load_params
+    from pipeline.tracking import tracking_uri
+
+    if Path(params_path).is_file():
+        return tracking_uri(load_params(params_path))
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
     if model.startswith(("models:/", "runs:/")):
         from pipeline.tracking import checkpoint_from_model_uri, fluent_uri
 
+        uri = store_uri(params_path)
         try:
-            with fluent_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"):
+            with fluent_uri(uri):
                 ckpt, _ = checkpoint_from_model_uri(model, tmp)
         except Exception as e:  # MlflowException for an unknown name/version, and the like
             raise UserError(f"{model}: cannot load it from MLflow ({str(e).splitlines()[0]}); check the name/version with the MLflow UI") from None
@@ -47,11 +59,12 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1, help="samples, run as a batch")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--params", default="params.yaml", help="its tracking.uri names the MLflow store of models:/ URIs")
     a = ap.parse_args(argv)
     if a.length < 0 or a.n < 1:
         raise UserError(f"--length must be >= 0 and --n >= 1, got {a.length} and {a.n}")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = resolve(a.model, Path(tmp))
+        ckpt = resolve(a.model, Path(tmp), a.params)
         sp = SampleParams(length=a.length, temperature=a.temperature, top_k=a.top_k, prime=a.prime, seed=a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little"), n=a.n)
         texts = sample_text(ckpt, sp, argmax=a.argmax, device=a.device)
     sys.stdout.write(format_samples(texts))

@@ -85,6 +85,20 @@ def test_sample_from_registered_model_and_checkpoint(repro):
     assert "missing from the vocabulary" in e and "'#'" in e
     e = one_line_error(run_module("flows.sample", "--model", "models:/charlm-nosuch/1", cwd=proj, env=env))
     assert "charlm-nosuch" in e
+    # the store named only by params.yaml's tracking.uri, as pipeline.train found it
+    import yaml
+
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    p["tracking"]["uri"] = env["MLFLOW_TRACKING_URI"]
+    (proj / "tracking-params.yaml").write_text(yaml.safe_dump(p))
+    no_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    args = ("flows.sample", "--model", "models:/charlm-tiny/latest", "--prime", "JULIET:", "--length", "20", "--seed", "3")
+    elsewhere = proj.parent / "elsewhere"  # run from another folder: ./mlflow.db is not the store
+    elsewhere.mkdir(exist_ok=True)
+    e = one_line_error(run_module(*args, "--params", "no-such.yaml", cwd=elsewhere, env=no_env))
+    assert "charlm-tiny" in e
+    p = run_module(*args, "--params", proj / "tracking-params.yaml", cwd=elsewhere, env=no_env)
+    assert p.returncode == 0 and p.stdout.startswith("JULIET:"), p.stderr[-2000:]
 
 
 def test_param_change_reruns_exactly_what_depends_on_it(repro):
