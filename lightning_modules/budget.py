@@ -16,9 +16,11 @@ run stopped early on purpose keeps the schedule of the whole run). Once a short 
 the decay (by about 1/decay_frac times what the same move does to a whole-run cosine).
 
 The estimate is made only at sync points, so that every DDP rank uses the same S and the
-ranks' learning rates (hence their weights) never drift apart: once at step `calibrate`
-(the clock read after a device synchronize) and at the end of every validation. Rank 0
-computes S and broadcasts it. When step S is reached, the callback sets
+ranks' learning rates (hence their weights) never drift apart: at steps c, 2c, 4c, 8c, ...
+after the start (c = `calibrate`; every rank reaches them, and the clock is read after a
+device synchronize), and at the end of every validation. Rank 0 computes S and broadcasts
+it. The doubling steps cost a few syncs in all and correct an early estimate that the first
+steps' one-off costs made too short, also when validations are rarer than the run's steps. When step S is reached, the callback sets
 `trainer.should_stop`, and Lightning then runs one last validation, so the model at the
 end of the schedule (usually the best) is scored and checkpointed.
 
@@ -44,11 +46,14 @@ class TimeBudget(TrainClock):
         self.max_seconds, self.calibrate = float(max_seconds), calibrate
         self.stop_step: int | None = None
         self._mark = None  # (step, train seconds) at the previous estimate
+        self._first, self._next = 0, calibrate
 
     # -- the clock is TrainClock's (validation left out); these hooks add the estimates -----
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
         self._mark = None
+        self._first = trainer.global_step  # 0, or the step a resumed run starts from
+        self._next = self._first + self.calibrate  # the next doubling step
         # the schedule belongs to the budget: a resumed run takes the restored end, a new one max_steps
         pl_module.schedule_steps = self.stop_step or pl_module.hparams.max_steps
         if self.stop_step is not None and trainer.global_step >= self.stop_step:
@@ -64,12 +69,13 @@ class TimeBudget(TrainClock):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step == 2 and self._mark is None:  # past the first steps' one-off costs
+        if step == self._first + 2 and self._mark is None:  # past the first steps' one-off costs
             self._sync(pl_module)
             self._mark = (step, self.train_seconds())
-        elif step == self.calibrate:
+        elif step >= self._next:
             self._sync(pl_module)
             self._estimate(trainer, pl_module)
+            self._next = self._first + 2 * (step - self._first)
         if self.stop_step is not None and step >= self.stop_step:
             trainer.should_stop = True
 

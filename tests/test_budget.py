@@ -101,6 +101,26 @@ def test_a_slow_first_step_does_not_shrink_the_estimate(corpus, tmp_path):
     assert spent >= 0.8 * budget, (spent, r["steps"])
 
 
+class SlowCalibration(Callback):
+    """Steps 3-10 (the first estimate's window) sleep; the rest run at full speed."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if 2 <= trainer.global_step < 10:
+            time.sleep(0.15)
+
+
+def test_an_estimate_made_short_by_slow_first_steps_is_corrected_without_validations(corpus, tmp_path):
+    # the estimate at step 10 sees 0.15 s/step and ends the run near step 30; the doubling
+    # steps (20, 40, ...) measure the real speed and spend the budget, though no validation
+    # comes before the end (a word-level model's slow steps with val_every 250 did this)
+    budget = 4.0
+    r = fit(dict(BUDGET, max_seconds=budget, val_every=100_000), corpus, tmp_path / "c", callbacks=[SlowCalibration()])
+    spent = _budget(r["trainer"]).train_seconds()
+    assert spent >= 0.8 * budget and r["steps"] > 60, (spent, r["steps"])
+    m = r["module"]
+    assert m.lr_at(r["steps"] - 1) == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
+
+
 def test_resume_after_the_budget_is_spent_takes_no_step_and_a_new_budget_is_spent(corpus, tmp_path):
     cfg = dict(BUDGET, max_seconds=2.0, val_every=20)
     done = fit(cfg, corpus, tmp_path / "a")
