@@ -69,6 +69,9 @@ class TimeBudget(TrainClock):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
+        if self.stop_step is not None and step >= self.stop_step:
+            trainer.should_stop = True  # the end of the schedule: no estimate moves it now
+            return
         if step == self._first + 2 and self._mark is None:  # past the first steps' one-off costs
             self._sync(pl_module)
             self._mark = (step, self.train_seconds())
@@ -76,8 +79,6 @@ class TimeBudget(TrainClock):
             self._sync(pl_module)
             self._estimate(trainer, pl_module)
             self._next = self._first + 2 * (step - self._first)
-        if self.stop_step is not None and step >= self.stop_step:
-            trainer.should_stop = True
 
     # -- the estimate, made on rank 0 and shared -----------------------------------------
     @staticmethod

@@ -43,7 +43,7 @@ from pipeline.config import TokenizeParams, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
 
-LEVELS = ("char", "word")
+EVAL_BATCH = 16  # validation streams (lightning_modules/train.py fit's eval_batch, passed explicitly)
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,17 @@ def check(hp: GeneratorsParams) -> None:
     """What params.yaml's validation (cell, precision, accelerator, types, positives) leaves to the study."""
     if not hp.corpora and not hp.word_corpora:
         raise UserError("studies.generators: corpora and word_corpora are both empty; list at least one corpus")
+    for key in ("corpora", "word_corpora"):
+        twice = sorted({c for c in getattr(hp, key) if getattr(hp, key).count(c) > 1})
+        if twice:
+            raise UserError(f"studies.generators.{key}: {twice[0]} is listed twice; list each corpus once")
     if not isinstance(hp.primes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hp.primes.items()):
         raise UserError(f"studies.generators.primes: a mapping of corpus name to prime text, got {hp.primes!r}")
     for key in ("seconds", "val_chars", "sample_chars", "word_max_vocab", "temperature"):
         if not getattr(hp, key) > 0:
             raise UserError(f"studies.generators.{key}: must be > 0, got {getattr(hp, key)}")
-    if hp.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError(f"studies.generators.accelerator is {hp.accelerator} but no CUDA device is visible; "
+    if hp.accelerator in ("gpu", "cuda") and not torch.cuda.is_available() or hp.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"studies.generators.accelerator is {hp.accelerator} but no such device is visible here; "
                         "--set studies.generators.accelerator=cpu (or auto)")
     if not 0 <= hp.dropout < 1 or not 0 < hp.decay_frac <= 1:
         raise UserError(f"studies.generators: dropout must be in [0, 1) and decay_frac in (0, 1], got {hp.dropout} and {hp.decay_frac}")
@@ -117,7 +121,7 @@ def word_data(raw: Path, params, hp: GeneratorsParams, dst: Path) -> Path:
     return out
 
 
-def capped(src: Path, dst: Path, val_chars: int) -> tuple[Path, dict]:
+def capped(src: Path, dst: Path, val_chars: int, label: str = "") -> tuple[Path, dict]:
     """A copy of the data folder whose val split is the longest prefix spelling <= val_chars characters."""
     meta = json.loads((src / "meta.json").read_text())
     vocab = json.loads((src / "vocab.json").read_text(encoding="utf-8"))
@@ -125,7 +129,10 @@ def capped(src: Path, dst: Path, val_chars: int) -> tuple[Path, dict]:
     val = np.load(src / "val.npy")
     if len(val) < 2:
         raise UserError(f"{src}: the validation split has {len(val)} tokens; a study needs a validation split (onehot.val_frac > 0)")
-    n = max(2, int(np.searchsorted(np.cumsum(lens[val.astype(np.int64)]), val_chars, side="right")))
+    n = int(np.searchsorted(np.cumsum(lens[val.astype(np.int64)]), val_chars, side="right"))
+    if n < EVAL_BATCH + 1:
+        raise UserError(f"studies.generators.val_chars={val_chars:,} leaves {n} validation tokens{label}, fewer than the "
+                        f"{EVAL_BATCH + 1} its {EVAL_BATCH} validation streams need; raise val_chars")
     dst.mkdir(parents=True)
     (dst / "train.npy").symlink_to((src / "train.npy").resolve())
     np.save(dst / "val.npy", val[:n])
@@ -161,14 +168,15 @@ def train_one(corpus: str, level: str, data_dir: Path, hp: GeneratorsParams, wor
     from lightning_modules.train import fit
     from pipeline.curves import CurveRecorder
 
-    data, info = capped(data_dir, work / "data", hp.val_chars)
+    data, info = capped(data_dir, work / "data", hp.val_chars, f" of {corpus} at {level} level")
     cfg = dict(cell=hp.cell, hidden=hp.hidden, layers=hp.layers, dropout=hp.dropout, batch_size=hp.batch_size, seq_len=hp.seq_len,
                lr=hp.lr, warmup_steps=hp.warmup_steps, decay_frac=hp.decay_frac, max_steps=100_000, max_seconds=hp.seconds,
-               val_every=hp.val_every, precision=hp.precision, accelerator=hp.accelerator, seed=hp.seed, progress_every=0)
+               val_every=hp.val_every, eval_batch=EVAL_BATCH, precision=hp.precision, accelerator=hp.accelerator, seed=hp.seed,
+               progress_every=0)
     curves = CurveRecorder(work / "curves", log_every=10)
     res = fit(cfg, data, work / "model", callbacks=[curves])
-    chars = scored_chars(data, info["lens"], 16)
-    n_tokens = 16 * ((json.loads((data / "meta.json").read_text())["splits"]["val"] - 1) // 16)
+    chars = scored_chars(data, info["lens"], EVAL_BATCH)
+    n_tokens = EVAL_BATCH * ((json.loads((data / "meta.json").read_text())["splits"]["val"] - 1) // EVAL_BATCH)
     to_bpc = n_tokens / chars / math.log(2)  # nats per token -> bits per character
     params = sum(p.numel() for p in res["module"].model.parameters())
     return {
@@ -191,8 +199,13 @@ def run(params, out_dir: Path = REPORTS / "generators", data_root: Path = Path("
         if not need.is_file():
             stage = f"onehot@{corpus}" if level == "char" else f"download@{corpus}"
             raise UserError(f"{need}: not found; run `dvc repro {stage}` first (a text corpus of params.yaml `corpora`)")
-        if level == "char" and json.loads(need.read_text()).get("kind", "text") != "text":
+        meta = json.loads(need.read_text()) if level == "char" else {}
+        if level == "char" and meta.get("kind", "text") != "text":
             raise UserError(f"studies.generators.corpora: {corpus} is not a text corpus ({need}); list text corpora only")
+        if level == "char" and meta.get("level", "char") != "char":
+            raise UserError(f"{need}: tokenized at {meta['level']} level, but studies.generators.corpora trains char-level models "
+                            f"(the study makes its own word-level data: list {corpus} in word_corpora); set tokenize.level: char "
+                            f"and run `dvc repro onehot@{corpus}`")
         if level == "char" and hp.primes.get(corpus):  # a prime the model cannot read fails now, not after training
             try:
                 Vocab.load(data_root / corpus / "vocab.json").encode(hp.primes[corpus])

@@ -121,6 +121,30 @@ def test_an_estimate_made_short_by_slow_first_steps_is_corrected_without_validat
     assert m.lr_at(r["steps"] - 1) == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
 
 
+def test_a_stop_reached_on_a_doubling_step_is_final():
+    """Steps speed up after step 80, where S = 160 was estimated; step 160 is also a doubling
+    step, where a new estimate would move S later and lift the cosine's lr back up from its
+    floor (decay_frac 1: no 'decaying: only earlier' rule). The stop must win."""
+    from types import SimpleNamespace
+
+    from lightning_modules.module import CharLM
+
+    module = CharLM(vocab_size=5, hidden=4, layers=1, max_steps=10**6, warmup_steps=0, decay_frac=1.0)
+    trainer = SimpleNamespace(global_step=0, should_stop=False, is_global_zero=True, sanity_checking=False,
+                              strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    cb, clock = TimeBudget(100.0), [0.0]
+    cb.train_seconds = lambda: clock[0]  # the run's clock, stepped by hand: 0.625 s a step, then 0.3 s
+    cb.on_train_start(trainer, module)
+    for step in range(1, 400):
+        clock[0] += 0.625 if step <= 80 else 0.3
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+        if trainer.should_stop:
+            break
+    assert (step, cb.stop_step, module.schedule_steps) == (160, 160, 160)
+    assert module.lr_at(159) == pytest.approx(module.hparams.lr * module.hparams.min_lr_frac, rel=1e-3)
+
+
 def test_resume_after_the_budget_is_spent_takes_no_step_and_a_new_budget_is_spent(corpus, tmp_path):
     cfg = dict(BUDGET, max_seconds=2.0, val_every=20)
     done = fit(cfg, corpus, tmp_path / "a")

@@ -27,6 +27,8 @@ def roots(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     text = toy_text(40_000, seed=3)
     make_corpus(root / "onehot/toy", text)
+    (root / "onehot/wordy").mkdir(parents=True)  # a corpus the onehot stage made at word level
+    (root / "onehot/wordy/meta.json").write_text(json.dumps({"kind": "text", "level": "word"}))
     (root / "raw/toy").mkdir(parents=True)
     (root / "raw/toy/corpus.txt").write_text(text, encoding="utf-8")
     return root
@@ -78,20 +80,20 @@ def test_capped_keeps_the_longest_prefix_within_the_characters_and_counts_what_i
     tokens = ["<unk>", "a", "bb", "ccc", " "]
     src = tmp_path / "src"
     src.mkdir()
-    val = np.array([1, 2, 3, 4, 3, 2, 1, 3], np.uint8)  # spells 1+2+3+1+3+2+1+3 = 16 characters
+    val = np.array([1, 2, 3, 4, 3, 2, 1, 3] * 4, np.uint8)  # 16 characters each 8 tokens, 64 in all
     np.save(src / "val.npy", val)
     np.save(src / "train.npy", np.arange(1, 5, dtype=np.uint8).repeat(10))
     (src / "vocab.json").write_text(json.dumps({"level": "word", "tokens": tokens}))
-    (src / "meta.json").write_text(json.dumps({"kind": "text", "vocab_size": 5, "splits": {"train": 40, "val": 8, "test": 0}}))
+    (src / "meta.json").write_text(json.dumps({"kind": "text", "vocab_size": 5, "splits": {"train": 40, "val": 32, "test": 0}}))
     lens = token_chars({"level": "word", "tokens": tokens})
     assert lens.tolist() == [5, 1, 2, 3, 1]
-    d, info = capped(src, tmp_path / "c", 10)  # 1+2+3+1+3 = 10 fits, one more token would not
-    assert np.load(d / "val.npy").tolist() == [1, 2, 3, 4, 3]
-    assert json.loads((d / "meta.json").read_text())["splits"] == {"train": 40, "val": 5, "test": 0}
+    d, info = capped(src, tmp_path / "c", 40)  # 16 tokens spell 32; then 1+2+3+1 = 39 fits, one more token (3) would not
+    assert np.load(d / "val.npy").tolist() == val[:20].tolist()
+    assert json.loads((d / "meta.json").read_text())["splits"] == {"train": 40, "val": 20, "test": 0}
     assert info["train_chars_per_token"] == pytest.approx((1 + 2 + 3 + 1) / 4)
-    # 2 streams of (5 - 1) // 2 = 2 tokens each score data[1:5]: 2 + 3 + 1 + 3 characters
-    assert scored_chars(d, lens, 2) == 9
-    assert scored_chars(d, lens, 1) == 2 + 3 + 1 + 3
+    # 2 streams of (20 - 1) // 2 = 9 tokens each score data[1:19]: the first 19 tokens' 38 characters but the first's 1
+    assert scored_chars(d, lens, 2) == 37
+    assert scored_chars(d, lens, 1) == 39 - 1
     with pytest.raises(UserError, match="compares char and word levels only"):
         token_chars({"level": "byte", "tokens": [0, 1]})
 
@@ -103,6 +105,10 @@ def test_capped_keeps_the_longest_prefix_within_the_characters_and_counts_what_i
     ({"studies.generators.primes": {"toy": "ROMEO: §"}}, r"primes.toy: .*'§'"),
     ({"studies.generators.primes": ["ROMEO:"]}, "a mapping of corpus name to prime text"),
     ({"studies.generators.seconds": 0}, r"seconds: must be > 0"),
+    ({"studies.generators.corpora": ["toy", "toy"]}, r"corpora: toy is listed twice; list each corpus once"),
+    ({"studies.generators.word_corpora": ["toy", "toy"]}, r"word_corpora: toy is listed twice"),
+    ({"studies.generators.corpora": ["wordy"]}, r"wordy/meta.json: tokenized at word level, .* list wordy in word_corpora"),
+    ({"studies.generators.val_chars": 12}, r"val_chars=12 leaves 12 validation tokens of toy at char level, fewer than the 17 .* raise val_chars"),
     ({"studies.generators.word_max_vocab": 10}, r"more distinct words than studies.generators.word_max_vocab=10 .* raise it"),
 ])
 def test_bad_settings_are_refused_before_any_training(tmp_path, roots, over, message):
