@@ -164,11 +164,11 @@ def sample(ckpt: Path, prime: str, chars: int, chars_per_token: float, hp: Gener
     return text[: len(prime) + chars]
 
 
-def train_one(corpus: str, level: str, data_dir: Path, hp: GeneratorsParams, work: Path) -> dict:
+def train_one(corpus: str, level: str, data: Path, info: dict, hp: GeneratorsParams, work: Path) -> dict:
+    """Train on `data` (made by `capped`, with its `info`) for hp.seconds; score; the report's row."""
     from lightning_modules.train import fit
     from pipeline.curves import CurveRecorder
 
-    data, info = capped(data_dir, work / "data", hp.val_chars, f" of {corpus} at {level} level")
     cfg = dict(cell=hp.cell, hidden=hp.hidden, layers=hp.layers, dropout=hp.dropout, batch_size=hp.batch_size, seq_len=hp.seq_len,
                lr=hp.lr, warmup_steps=hp.warmup_steps, decay_frac=hp.decay_frac, max_steps=100_000, max_seconds=hp.seconds,
                val_every=hp.val_every, eval_batch=EVAL_BATCH, precision=hp.precision, accelerator=hp.accelerator, seed=hp.seed,
@@ -217,10 +217,13 @@ def run(params, out_dir: Path = REPORTS / "generators", data_root: Path = Path("
     # stopped half-way leaves the last complete report, not some of its files
     with tempfile.TemporaryDirectory(prefix="generators-") as tmp, atomic_dir(out_dir) as out:
         # the word-level data too is made before any model trains: a corpus with too many words fails now
-        sources = {(c, lvl): data_root / c if lvl == "char" else word_data(raw_root / c / "corpus.txt", params, hp, Path(tmp) / f"{c}-word-data")
-                   for c, lvl in plan}
+        # and so is each model's capped validation split: too few validation characters fail now
+        ready = {}
+        for c, lvl in plan:
+            src = data_root / c if lvl == "char" else word_data(raw_root / c / "corpus.txt", params, hp, Path(tmp) / f"{c}-word-tokens")
+            ready[(c, lvl)] = capped(src, Path(tmp) / f"{c}-{lvl}-data", hp.val_chars, f" of {c} at {lvl} level")
         for corpus, level in plan:
-            row = train_one(corpus, level, sources[(corpus, level)], hp, Path(tmp) / f"{corpus}-{level}")
+            row = train_one(corpus, level, *ready[(corpus, level)], hp, Path(tmp) / f"{corpus}-{level}")
             prime = hp.primes.get(corpus, "")
             text = sample(row.pop("_ckpt"), prime, hp.sample_chars, row["chars_per_token"], hp)
             samples[(corpus, level)] = text

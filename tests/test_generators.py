@@ -126,3 +126,13 @@ def test_the_command_line_gives_one_line_for_a_music_corpus(tmp_path):
     assert p.returncode != 0
     assert one_line_error(p) == f"error: studies.generators.corpora: music is not a text corpus (data/onehot/music/meta.json); list text corpora only"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_split_too_short_for_the_word_model_fails_before_the_char_model_trains(tmp_path, roots):
+    # 30 characters are 30 char tokens (enough for 16 streams) but only about 10 word tokens
+    with pytest.raises(UserError, match=r"val_chars=30 leaves \d+ validation tokens of toy at word level"):
+        _run(tmp_path, roots, **{"studies.generators.val_chars": 30})
+    import mlflow
+
+    exp = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("study-generators")
+    assert exp is None  # no model was trained and logged before the refusal
