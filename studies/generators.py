@@ -62,6 +62,7 @@ class GeneratorsParams:
     decay_frac: float = 0.2
     seconds: float = 180.0
     val_every: int = 250
+    word_val_every: int = 40  # word-level steps are about 7x slower: validate as often in seconds
     val_chars: int = 200_000
     word_max_vocab: int = 50_000
     sample_chars: int = 1500
@@ -81,7 +82,7 @@ def check(hp: GeneratorsParams) -> None:
             raise UserError(f"studies.generators.{key}: {twice[0]} is listed twice; list each corpus once")
     if not isinstance(hp.primes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hp.primes.items()):
         raise UserError(f"studies.generators.primes: a mapping of corpus name to prime text, got {hp.primes!r}")
-    for key in ("seconds", "val_chars", "sample_chars", "word_max_vocab", "temperature"):
+    for key in ("seconds", "word_val_every", "val_chars", "sample_chars", "word_max_vocab", "temperature"):
         if not getattr(hp, key) > 0:
             raise UserError(f"studies.generators.{key}: must be > 0, got {getattr(hp, key)}")
     if hp.accelerator in ("gpu", "cuda") and not torch.cuda.is_available() or hp.accelerator == "mps" and not torch.backends.mps.is_available():
@@ -171,8 +172,8 @@ def train_one(corpus: str, level: str, data: Path, info: dict, hp: GeneratorsPar
 
     cfg = dict(cell=hp.cell, hidden=hp.hidden, layers=hp.layers, dropout=hp.dropout, batch_size=hp.batch_size, seq_len=hp.seq_len,
                lr=hp.lr, warmup_steps=hp.warmup_steps, decay_frac=hp.decay_frac, max_steps=100_000, max_seconds=hp.seconds,
-               val_every=hp.val_every, eval_batch=EVAL_BATCH, precision=hp.precision, accelerator=hp.accelerator, seed=hp.seed,
-               progress_every=0)
+               val_every=hp.val_every if level == "char" else hp.word_val_every, eval_batch=EVAL_BATCH, precision=hp.precision,
+               accelerator=hp.accelerator, seed=hp.seed, progress_every=0)
     curves = CurveRecorder(work / "curves", log_every=10)
     res = fit(cfg, data, work / "model", callbacks=[curves])
     chars = scored_chars(data, info["lens"], EVAL_BATCH)

@@ -17,7 +17,7 @@ from tests.test_studies import _params_file, params_for
 
 TINY = {"studies.generators.hidden": 16, "studies.generators.layers": 1, "studies.generators.batch_size": 8,
         "studies.generators.seq_len": 32, "studies.generators.warmup_steps": 5, "studies.generators.seconds": 1.5,
-        "studies.generators.val_every": 25, "studies.generators.sample_chars": 120, "studies.generators.val_chars": 3000,
+        "studies.generators.val_every": 25, "studies.generators.word_val_every": 10, "studies.generators.sample_chars": 120, "studies.generators.val_chars": 3000,
         "studies.generators.precision": "32-true", "studies.generators.primes": {"toy": "ROMEO:"}}
 
 
