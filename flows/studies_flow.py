@@ -15,9 +15,9 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-STUDIES = ("hello", "vanishing", "bptt", "variants", "generators", "captioning")
+STUDIES = ("hello", "vanishing", "bptt", "variants", "generators", "captioning", "tasks")
 TABLES = {"hello": "probabilities.md", "vanishing": "adding.md", "bptt": "tradeoff.md", "variants": "summary_jsb.md",
-          "generators": "models.md", "captioning": "metrics.md"}
+          "generators": "models.md", "captioning": "metrics.md", "tasks": "forecast.md"}
 
 
 @task

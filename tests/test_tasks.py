@@ -1,0 +1,161 @@
+"""The tasks study (slides 2-3): the unrolled perceptron, corpus classification, regime forecasting."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lightning_modules.cells import RNNCell
+from pipeline.errors import UserError
+from studies import regimes, snippets
+from studies.tasks import prefixes
+from studies.unrolled import UnrolledPerceptron, compare
+from tests.conftest import one_line_error, run_module
+from tests.lmdata import make_corpus, toy_text
+from tests.test_studies import _params_file, params_for
+
+TINY = {"studies.tasks.cells": ["rnn", "lstm"], "studies.tasks.classify_corpora": ["play", "code"], "studies.tasks.classify_len": 16, "studies.tasks.classify_hidden": 16,
+        "studies.tasks.classify_batch": 16, "studies.tasks.classify_steps": 120, "studies.tasks.classify_val": 100,
+        "studies.tasks.forecast_train_series": 40, "studies.tasks.forecast_test_series": 10, "studies.tasks.forecast_series_len": 300,
+        "studies.tasks.forecast_len": 64, "studies.tasks.forecast_warmup": 20, "studies.tasks.forecast_hidden": 16,
+        "studies.tasks.forecast_steps": 150, "studies.tasks.unrolled_steps": 6}
+
+
+def code_text(n_chars: int, seed: int = 0) -> str:
+    """C-like lines: braces, semicolons and identifiers, an alphabet that overlaps toy_text's letters."""
+    rnd = random.Random(seed)
+    names = ["ret", "dev", "len", "buf", "idx"]
+    out, n = [], 0
+    while n < n_chars:
+        a, b = rnd.choice(names), rnd.choice(names)
+        line = rnd.choice([f"\tif (!{a})\n\t\treturn -{rnd.randint(1, 99)};\n", f"\t{a} = {b} + {rnd.randint(0, 9)};\n",
+                           f"static int {a}_{b}(void *{a})\n{{\n"])
+        out.append(line)
+        n += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture(scope="module")
+def onehot_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    make_corpus(root / "play", toy_text(30_000, seed=5))
+    make_corpus(root / "code", code_text(30_000, seed=6))
+    (root / "music").mkdir()
+    (root / "music/meta.json").write_text(json.dumps({"kind": "music"}))
+    return root
+
+
+def test_the_unrolled_perceptron_computes_the_recurrent_layer_and_bptt_is_the_sum_of_its_layers():
+    r = compare(steps=7, seed=3)
+    assert r["max_output_diff"] < 1e-12 and r["max_grad_diff"] < 1e-12 and r["max_grad_diff_input"] < 1e-12
+    norms = r["layer_grad_norms"]
+    assert len(norms) == 7 and norms[0] == 0.0  # layer 1 multiplies h_0 = 0
+    assert min(norms[1:]) > 0 and norms[-1] > 10 * norms[1]  # the share shrinks away from the loss
+    assert sum(norms) >= r["grad_norm_total"] - 1e-12  # the triangle inequality: a sum of parts, not a copy
+
+
+def test_the_perceptron_has_its_own_weights_per_layer_so_changing_one_changes_its_output():
+    torch.manual_seed(0)
+    cell = RNNCell(3, 4).double()
+    mlp = UnrolledPerceptron(cell, 5)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    same = mlp(x)
+    with torch.no_grad():
+        mlp.layers[3].weight_hh += 0.1
+    changed = mlp(x)
+    assert torch.equal(same[:, :3], changed[:, :3]) and (same[:, 3:] - changed[:, 3:]).abs().max() > 1e-3
+    assert cell.weight_hh.data_ptr() != mlp.layers[0].weight_hh.data_ptr()
+    with pytest.raises(ValueError, match="input has 4 steps, the perceptron 5 layers"):
+        mlp(x[:, :4])
+
+
+def test_with_one_regime_the_filter_is_the_ar1_forecast_and_least_squares_finds_its_coefficient():
+    rng = np.random.default_rng(0)
+    rets, regs = regimes.simulate(30, 2000, [0.6, 0.6], 0.9, 1.0, rng)
+    pred, post = regimes.oracle(rets, [0.6, 0.6], 0.9, 1.0)
+    assert np.allclose(pred, 0.6 * rets[:, :-1]) and np.allclose(post, 0.5)
+    coef = regimes.fit_ar(rets, 3)
+    assert coef[0] == pytest.approx(0.6, abs=0.02) and np.abs(coef[1:]).max() < 0.02
+    manual = coef[0] * rets[:, 2:-1] + coef[1] * rets[:, 1:-2] + coef[2] * rets[:, :-3]
+    assert np.allclose(regimes.ar_predict(rets, coef)[:, 2:], manual)
+
+
+def test_regimes_persist_as_the_chain_says_and_the_filter_beats_the_linear_forecasts():
+    rng = np.random.default_rng(1)
+    phis, stay = [-0.5, 0.7], 0.95
+    rets, regs = regimes.simulate(100, 1000, phis, stay, 1.0, rng)
+    switches = (np.diff(regs, axis=1) != 0).mean()
+    assert switches == pytest.approx(1 - stay, abs=0.005)
+    assert np.allclose(regimes.transition(3, 0.8).sum(1), 1) and regimes.transition(3, 0.8)[0, 1] == pytest.approx(0.1)
+    pred, post = regimes.oracle(rets, phis, stay, 1.0)
+    y = rets[:, 1:]
+    mse = lambda p: ((p - y)[:, 50:] ** 2).mean()  # noqa: E731
+    ar = regimes.ar_predict(rets, regimes.fit_ar(rets, 4))
+    assert mse(pred) < mse(ar) < mse(np.zeros_like(y))
+    assert ((post[:, :, 1] > 0.5) == (regs == 1))[:, 50:].mean() > 0.8  # the filter tells the regimes apart
+
+
+def test_snippets_map_every_corpus_into_one_alphabet_and_naive_bayes_reads_them(onehot_root):
+    data = snippets.load(onehot_root, ["play", "code"], 16)
+    assert data.alphabet == sorted(set(toy_text(30_000, seed=5)) | set(code_text(30_000, seed=6)))
+    rng = np.random.default_rng(0)
+    for k, (name, text) in enumerate([("play", toy_text(30_000, seed=5)), ("code", code_text(30_000, seed=6))]):
+        w = data.windows(k, "val", 5, 16, rng)
+        assert w.shape == (5, 16)
+        for row in w:
+            assert "".join(data.alphabet[i] for i in row) in text[int(0.9 * len(text)) - 1:]
+    x = np.concatenate([data.windows(k, "val", 50, 16, rng) for k in range(2)])
+    y = np.repeat([0, 1], 50)
+    acc = snippets.naive_bayes_accuracy(data.unigram_logp(), x, y, [1, 16])
+    assert acc[1] > 0.95 and acc[0] < acc[1]
+    assert prefixes(16) == [1, 2, 4, 8, 16] and prefixes(12) == [1, 2, 4, 8, 12]
+    with pytest.raises(UserError, match=r"fewer than studies.tasks.classify_len=5000; lower classify_len"):
+        snippets.load(onehot_root, ["play", "code"], 5000)
+
+
+def test_the_study_writes_its_tables_plot_and_mlflow_run(tmp_path, onehot_root):
+    from studies import tasks
+
+    r = tasks.run(params_for(tmp_path, **TINY), tmp_path / "out", data_root=onehot_root)
+    cls = pd.read_csv(tmp_path / "out/classify.csv")
+    assert list(cls.columns) == ["prefix_chars", "rnn", "lstm", "naive_bayes"] and list(cls.prefix_chars) == [1, 2, 4, 8, 16]
+    assert cls.lstm.iloc[-1] > 0.9 and cls.lstm.iloc[-1] >= cls.lstm.iloc[0]
+    fc = pd.read_csv(tmp_path / "out/forecast.csv")
+    assert list(fc.forecast) == ["naive (index unchanged)", "AR(8), least squares", "rnn, 16 units", "lstm, 16 units", "regime filter (the optimum)"]
+    assert fc.share_of_optimal_gain.iloc[0] == 0 and fc.share_of_optimal_gain.iloc[-1] == pytest.approx(1)
+    assert fc.mse.iloc[-1] == fc.mse.min()  # nothing beats the optimum on this many test days
+    assert fc.r2.iloc[3] > 0.5 * fc.r2.iloc[-1]  # the LSTM's forecast learned part of the regimes
+    assert len(pd.read_csv(tmp_path / "out/unrolled.csv")) == 6
+    assert (tmp_path / "out/tasks.png").stat().st_size > 1000
+    assert "| forecast" in (tmp_path / "out/forecast.md").read_text()
+    assert r["unrolled"]["max_grad_diff"] < 1e-12 and json.loads((tmp_path / "out/result.json").read_text())["params"]["classify_len"] == 16
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("study-tasks").experiment_id])
+    assert run.data.metrics["classify_acc_lstm"] == pytest.approx(cls.lstm.iloc[-1]) and run.info.run_name == "rnn-lstm"
+    assert {"classify.md", "forecast.md", "tasks.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"classify_corpora": ["play", "play"]}, "studies.tasks.classify_corpora: needs 2 or more different corpora, got ['play', 'play']"),
+    ({"classify_corpora": ["play", "music"]}, "data/onehot/music/meta.json: music is not char-level text; list char-level text corpora in studies.tasks.classify_corpora"),
+    ({"classify_corpora": ["play", "absent"]}, "data/onehot/absent/meta.json: not found; run `dvc repro onehot@absent` first (a text corpus of params.yaml `corpora`)"),
+    ({"forecast_phis": [0.5, 1.2]}, "studies.tasks.forecast_phis: each regime's AR(1) coefficient must be in (-1, 1), got [0.5, 1.2]"),
+    ({"cells": ["lstm", "lstmx"]}, "studies.tasks.cells: ['lstmx'] is not a list of different cells; choose from rnn"),
+    ({"cells": ["gru", "gru"]}, "studies.tasks.cells: ['gru', 'gru'] is not a list of different cells"),
+])
+def test_bad_settings_fail_with_one_line_before_training_and_keep_the_last_report(tmp_path, onehot_root, values, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "onehot").symlink_to(onehot_root)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o/classify.md").write_text("the last good report")
+    f = _params_file(tmp_path, "tasks", {**{k.split(".")[-1]: v for k, v in TINY.items()}, **values})
+    p = run_module("studies.tasks", "--params", str(f), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert one_line_error(p).startswith(f"error: {message}")
+    assert (tmp_path / "o/classify.md").read_text() == "the last good report"
