@@ -158,7 +158,7 @@ def classify_all(data: snippets.Corpora, hp: TasksParams) -> tuple[pd.DataFrame,
         table[cell] = [float((pred[:, p - 1] == yv).mean()) for p in ps]
         confusion = pd.crosstab(pd.Series([data.names[i] for i in yv], name="corpus"),
                                 pd.Series([data.names[i] for i in pred[:, -1]], name="predicted"))
-        info["cells"][cell]["confusion"] = confusion.to_dict()
+        info["cells"][cell]["confusion"] = confusion.to_dict("index")  # {corpus: {predicted: snippets}}
     table["naive_bayes"] = snippets.naive_bayes_accuracy(data.unigram_logp(), xv, yv, ps)
     return table, info
 
