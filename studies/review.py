@@ -63,6 +63,7 @@ def render(reports: Path = REPORTS) -> str:
         "",
         "![cost against quality](../reports/bptt/tradeoff.png)",
         "",
+        *tasks_lines(reports),
         "## 2. What are the parts of an LSTM neuron?",
         "",
         "A cell state C_t and three sigmoid gates that control it (lightning_modules/cells.py):",
@@ -98,10 +99,52 @@ def render(reports: Path = REPORTS) -> str:
         "",
         "No output gate, no separate state, 3 weight blocks instead of 4: about 3/4 of the LSTM's parameters"
         " at the same width. The coupling is the LSTM variant CIFG (f = 1 - i), which Greff found harmless."
-        f" In this project's runs: {gru_line}; on the adding problem see the table in section 1.",
+        f" In this project's runs: {gru_line}; on the adding problem see the table in section 1"
+        + (f"; {tasks_gru_line(reports)}." if tasks_gru_line(reports) else "."),
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _tasks(reports: Path) -> dict | None:
+    f = reports / "tasks/result.json"
+    return _json(f) if f.is_file() else None
+
+
+def _forecast_shares(t: dict) -> dict:
+    """cell -> the share of the optimal forecast's gain its forecaster reached."""
+    rows = {r["forecast"]: r["share_of_optimal_gain"] for r in t["forecast"]["table"]}
+    units = t["params"]["forecast_hidden"]
+    return {c: rows[f"{c}, {units} units"] for c in t["params"]["cells"] if f"{c}, {units} units" in rows}
+
+
+def tasks_lines(reports: Path) -> list[str]:
+    """Section 1's view of the tasks study (stage tasks), if it was run: the unrolled layer's gradient
+    shares and how close each cell comes to the best forecast of a series with a hidden regime."""
+    t = _tasks(reports)
+    if t is None:
+        return []
+    norms = t["unrolled"]["layer_grad_norms"]
+    shares = ", ".join(f"{c} {v:.2f}" for c, v in _forecast_shares(t).items())
+    return [
+        f"Unrolled over {len(norms)} steps, a tanh layer is a perceptron of {len(norms)} layers sharing one W_h, and"
+        f" BPTT's gradient is the sum of the layers' own (equal within {t['unrolled']['max_grad_diff']:.0e}); with the loss"
+        f" on the last output, layer {len(norms)}'s share has norm {norms[-1]:.2g} and layer 2's {norms[1]:.2g}"
+        " (`reports/tasks/unrolled.md`). Forecasting a series whose dynamics switch with a hidden regime,"
+        f" the share of the optimal forecast's gain each cell reaches (`reports/tasks/forecast.md`): {shares}.",
+        "",
+    ]
+
+
+def tasks_gru_line(reports: Path) -> str:
+    """GRU against LSTM in the tasks study, if both ran."""
+    t = _tasks(reports)
+    if t is None or not {"gru", "lstm"} <= set(t["params"]["cells"]):
+        return ""
+    acc = t["classify"]["table"][-1]
+    shares = _forecast_shares(t)
+    return (f"telling the corpus of a {t['params']['classify_len']}-character snippet, GRU {acc['gru']:.3f} vs LSTM {acc['lstm']:.3f};"
+            f" forecasting, GRU {shares['gru']:.2f} vs LSTM {shares['lstm']:.2f} of the optimum's gain")
 
 
 CHUNG = {"V": ("LSTM", 8.67), "GRU": ("GRU", 8.54), "RNN": ("tanh RNN", 9.10)}  # Chung et al. 2014, JSB test NLL

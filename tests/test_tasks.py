@@ -139,6 +139,16 @@ def test_the_study_writes_its_tables_plot_and_mlflow_run(tmp_path, onehot_root):
     (run,) = client.search_runs([client.get_experiment_by_name("study-tasks").experiment_id])
     assert run.data.metrics["classify_acc_lstm"] == pytest.approx(cls.lstm.iloc[-1]) and run.info.run_name == "rnn-lstm"
     assert {"classify.md", "forecast.md", "tasks.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the review page's section 1 quotes the report; without a GRU, no GRU-against-LSTM line
+    import shutil
+
+    from studies import review
+
+    shutil.copytree(tmp_path / "out", tmp_path / "rep/tasks")
+    (line, _) = review.tasks_lines(tmp_path / "rep")
+    assert f"rnn {fc.share_of_optimal_gain.iloc[2]:.2f}, lstm {fc.share_of_optimal_gain.iloc[3]:.2f}" in line and "12 layers" not in line
+    assert "a perceptron of 6 layers" in line and review.tasks_gru_line(tmp_path / "rep") == ""
+    assert review.tasks_lines(tmp_path / "absent") == [] and review.tasks_gru_line(tmp_path / "absent") == ""
 
 
 @pytest.mark.parametrize("values, message", [
