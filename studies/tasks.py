@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +44,17 @@ from studies.common import REPORTS, log_study, pyplot, save_png, study_params, w
 
 @dataclass(frozen=True)
 class TasksParams:
-    cells: list = field(default_factory=lambda: ["rnn", "gru", "lstm"])  # one model per cell and task: any of train.cell
+    cells: tuple[str, ...] = ("rnn", "gru", "lstm")  # one model per cell and task: any of train.cell
     lr: float = 3.0e-3
     seed: int = 0
     unrolled_steps: int = 12
-    classify_corpora: list = field(default_factory=lambda: ["tinyshakespeare", "stacks", "linux"])
+    classify_corpora: tuple[str, ...] = ("tinyshakespeare", "stacks", "linux")
     classify_len: int = 64
     classify_hidden: int = 64
     classify_batch: int = 48
     classify_steps: int = 600
     classify_val: int = 500  # validation snippets per corpus
-    forecast_phis: list = field(default_factory=lambda: [-0.5, 0.7])  # AR(1) coefficient of each regime
+    forecast_phis: tuple[float, ...] = (-0.5, 0.7)  # AR(1) coefficient of each regime
     forecast_stay: float = 0.98  # P(the regime stays the next day)
     forecast_sigma: float = 1.0
     forecast_train_series: int = 200
@@ -72,8 +72,8 @@ def check(hp: TasksParams) -> None:
     """Every setting the study cannot run with, as one line, before anything trains."""
     bad = [c for c in hp.cells if c not in CELLS]
     if bad or not hp.cells or len(set(hp.cells)) != len(hp.cells):
-        raise UserError(f"studies.tasks.cells: {bad or hp.cells} is not a list of different cells; choose from {', '.join(CELLS)}")
-    names = hp.classify_corpora
+        raise UserError(f"studies.tasks.cells: {bad or list(hp.cells)} is not a list of different cells; choose from {', '.join(CELLS)}")
+    names = list(hp.classify_corpora)
     if len(names) < 2 or len(set(names)) != len(names):
         raise UserError(f"studies.tasks.classify_corpora: needs 2 or more different corpora, got {names}")
     for key in ("unrolled_steps", "classify_len", "classify_hidden", "classify_steps", "classify_val", "forecast_hidden",
@@ -82,12 +82,16 @@ def check(hp: TasksParams) -> None:
             raise UserError(f"studies.tasks.{key}: must be >= 1, got {getattr(hp, key)}")
     if hp.classify_batch < len(names):
         raise UserError(f"studies.tasks.classify_batch: {hp.classify_batch} is fewer than one snippet per corpus ({len(names)}); raise it")
+    if hp.classify_batch % len(names):
+        raise UserError(f"studies.tasks.classify_batch: {hp.classify_batch} does not split evenly over {len(names)} corpora; "
+                        f"use a multiple of {len(names)}, e.g. {hp.classify_batch // len(names) * len(names)}")
     if not hp.forecast_phis or any(abs(p) >= 1 for p in hp.forecast_phis):
-        raise UserError(f"studies.tasks.forecast_phis: each regime's AR(1) coefficient must be in (-1, 1), got {hp.forecast_phis}")
+        raise UserError(f"studies.tasks.forecast_phis: each regime's AR(1) coefficient must be in (-1, 1), got {list(hp.forecast_phis)}")
     if not 0 < hp.forecast_stay < 1 or hp.forecast_sigma <= 0:
         raise UserError(f"studies.tasks: forecast_stay must be in (0, 1) and forecast_sigma > 0, got {hp.forecast_stay} and {hp.forecast_sigma}")
-    if not 0 <= hp.forecast_warmup < hp.forecast_len <= hp.forecast_series_len:
-        raise UserError(f"studies.tasks: needs 0 <= forecast_warmup < forecast_len <= forecast_series_len, got "
+    if not (2 <= hp.forecast_len <= hp.forecast_series_len and 0 <= hp.forecast_warmup < hp.forecast_len - 1):
+        raise UserError(f"studies.tasks: needs 0 <= forecast_warmup < forecast_len - 1 and 2 <= forecast_len <= forecast_series_len "
+                        f"(a training window scores forecast_len - 1 - forecast_warmup next returns), got "
                         f"{hp.forecast_warmup}, {hp.forecast_len}, {hp.forecast_series_len}")
     if hp.ar_order >= hp.forecast_series_len:
         raise UserError(f"studies.tasks.ar_order: {hp.ar_order} must be below forecast_series_len={hp.forecast_series_len}")
@@ -198,7 +202,7 @@ def forecast(train: np.ndarray, test: np.ndarray, cell: str, hp: TasksParams) ->
         starts = rng.integers(0, hp.forecast_series_len - w + 1, hp.forecast_batch)
         win = torch.from_numpy(np.stack([train[i, s: s + w] for i, s in zip(rows, starts)])).float()
         pred = model(win[:, :-1])
-        loss = F.mse_loss(pred[:, warm:], win[:, 1 + warm:]) if warm < w - 1 else F.mse_loss(pred, win[:, 1:])
+        loss = F.mse_loss(pred[:, warm:], win[:, 1 + warm:])  # check(): warm < w - 1, so at least one return is scored
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
