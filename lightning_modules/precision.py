@@ -27,6 +27,41 @@ def native_bf16(device: str) -> bool:
     return False
 
 
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA caps the kernels it may use) that allow AMX tiles, and bf16 at all
+ISA_AMX = ("ALL", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512_AMX_2")
+ISA_BF16 = ISA_AMX + ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512")
+
+
+def cpu_bf16_kernels(environ=None) -> str:
+    """Which bf16 matmul kernels oneDNN uses on this CPU: "amx", "avx512_bf16" or "none".
+
+    CPU bf16 results are deterministic on one kind of kernel but differ between kinds in
+    the last digits (AMX rounds its tile products differently), so a run records it.
+    `ONEDNN_MAX_CPU_ISA` (e.g. AVX512_CORE_BF16) caps what the hardware offers."""
+    import os
+
+    cap = (environ if environ is not None else os.environ).get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() and cap in ISA_AMX:
+        return "amx"
+    if native_bf16("cpu") and cap in ISA_BF16:
+        return "avx512_bf16"
+    return "none"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """The Lightning precision that will train: `precision` itself, except "auto" ->
     "bf16-mixed" where the accelerator has bf16 arithmetic, else "32-true"; short names ("32")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from lightning_modules.precision import cpu_bf16_kernels, cpu_model
 from pipeline.config import Params
 
 
@@ -86,6 +87,8 @@ def system_facts() -> dict[str, str]:
         "sys.platform": platform.platform(),
         "sys.cpu_count": str(os.cpu_count()),
         "sys.torch_threads": str(torch.get_num_threads()),
+        "sys.cpu": cpu_model(),
+        "sys.cpu_bf16_kernels": cpu_bf16_kernels(),  # CPU bf16 losses differ between amx and avx512_bf16
     }
     if torch.cuda.is_available():
         facts["sys.device"] = torch.cuda.get_device_name(0)

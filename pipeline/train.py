@@ -70,7 +70,7 @@ def check_device(accelerator: str) -> None:
 
 def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: Path = PLOTS, onehot_root: Path = ONEHOT) -> dict:
     """Train on one corpus; return the summary written to models/<corpus>/run.json."""
-    from lightning_modules.precision import resolve_precision
+    from lightning_modules.precision import cpu_bf16_kernels, cpu_model, resolve_precision
     from lightning_modules.train import fit
 
     data_dir, meta = check_data(corpus, params, onehot_root)
@@ -112,6 +112,7 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
             "train_tokens_per_s": round(r["train_tokens_per_s"], 1),
             "preset": params.preset,
             "precision_setting": tp.precision,
+            "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
             "train": cfg,
             "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
         }

@@ -31,6 +31,7 @@ def test_repro_end_to_end_outputs(repro):
 
     # params.yaml's `precision: auto`, recorded as what trained on this CPU
     assert run["precision_setting"] == "auto" and run["train"]["precision"] == resolve_precision("auto", "cpu")
+    assert run["cpu"]["bf16_kernels"] in ("amx", "avx512_bf16", "none") and run["cpu"]["model"]
     assert (proj / "samples/tiny.txt").read_text().startswith("ROMEO:")
     assert (proj / "plots/tiny/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     lines = (proj / "plots/tiny/train_loss.csv").read_text().splitlines()
@@ -52,6 +53,8 @@ def test_dvc_metrics_and_plots(repro):
 def test_mlflow_store_holds_the_run(repro):
     import mlflow
 
+    from lightning_modules.precision import cpu_bf16_kernels, cpu_model
+
     proj, env, _ = repro
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("charlm-tiny")
@@ -62,6 +65,7 @@ def test_mlflow_store_holds_the_run(repro):
     assert run.data.params["train.precision"] in ("bf16-mixed", "32-true")
     assert len(run.data.params["data.sha256"]) == 64 and int(run.data.params["data.vocab_size"]) > 10
     assert run.data.tags["sys.device"] == "cpu" and run.data.tags["sys.torch"].startswith("2.")
+    assert run.data.tags["sys.cpu_bf16_kernels"] == cpu_bf16_kernels() and run.data.tags["sys.cpu"] == cpu_model()
     hist = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in hist] == list(range(0, 30, 5)) and hist[-1].value < hist[0].value
     val = client.get_metric_history(run.info.run_id, "val_loss")

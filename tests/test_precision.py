@@ -1,12 +1,15 @@
 """`precision: auto` (lightning_modules/precision.py): bf16-mixed exactly where the hardware has bf16."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightning_modules.precision import native_bf16, resolve_precision
+from lightning_modules.precision import cpu_bf16_kernels, cpu_model, native_bf16, resolve_precision
 from tests.conftest import one_line_error, run_module
 
 
@@ -26,6 +29,42 @@ def test_cpu_bf16_follows_the_cpus_own_flags():
         assert native_bf16("cpu")
     if not flags & {"avx512_bf16", "amx_bf16", "amx_tile"}:
         assert not native_bf16("cpu")
+
+
+def test_the_bf16_kernel_kind_follows_the_flags_and_onednns_cap():
+    flags = _cpu_flags()
+    kind = "amx" if "amx_tile" in flags else "avx512_bf16" if flags & {"avx512_bf16", "amx_bf16"} else "none"
+    assert cpu_bf16_kernels({}) == kind
+    assert cpu_bf16_kernels({"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}) == ("none" if kind == "none" else "avx512_bf16")
+    assert cpu_bf16_kernels({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "none"
+    model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    assert cpu_model() == model
+
+
+BF16_RUN = """
+import hashlib, torch
+from lightning_modules.precision import cpu_bf16_kernels
+torch.manual_seed(0)
+lstm, x = torch.nn.LSTM(64, 128, batch_first=True), torch.randn(8, 32, 64)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    y, _ = lstm(x)
+print(cpu_bf16_kernels(), hashlib.sha256(y.float().detach().numpy().tobytes()).hexdigest())
+"""
+
+
+def test_cpu_bf16_is_deterministic_on_one_kernel_kind_and_amx_rounds_differently():
+    """Why run.json and MLflow record the kernel kind: the same seed gives other bf16 losses without AMX."""
+    if "amx_tile" not in _cpu_flags():
+        pytest.skip("this CPU has no AMX: one bf16 kernel kind only")
+
+    def run(isa):
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa}
+        return subprocess.run([sys.executable, "-c", BF16_RUN], env=env, capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.split()
+
+    first, again, capped = run("ALL"), run("ALL"), run("AVX512_CORE_BF16")
+    assert first == again and first[0] == "amx" and capped[0] == "avx512_bf16"
+    assert capped[1] != first[1]
 
 
 def test_auto_resolves_by_device_and_explicit_values_pass_through():
