@@ -11,9 +11,11 @@ histogram and `bytes.translate`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -190,8 +192,25 @@ def _write_segment(path: Path, start: int, end: int, level: str, errors: str, lu
     return written
 
 
-def _pool(n: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent (a worker stopped inside the pool's queue lock hangs
+    the pool) and die at once on SIGTERM, which the parent sends when it stops early."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _pool(n: int):
+    """A fork pool of `n` workers that does not outlive an interrupted or failed parent."""
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_worker_signals)
+    try:
+        yield pool
+    except BaseException:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _first_error(futures):

@@ -1,17 +1,20 @@
 """params.yaml, validated once into typed objects.
 
-Every stage calls `load_params()`; an unknown key, a missing key or a bad value is a
-`UserError` naming the key path (e.g. `params.yaml: train.hidden: must be > 0, got -3`).
+Every stage calls `load_params()`; an unknown key, a required key left out or a bad value
+is a `UserError` naming the file and the key path (e.g. `params.yaml: train.hidden: must be
+> 0, got -3`). A key left out that has a default takes it (the dataclass field's default).
 Sections are plain frozen dataclasses, so a typo cannot hide.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +44,9 @@ class Corpus:
 
     @property
     def file_name(self) -> str:
-        """The file name to look for in a mirror folder."""
-        return self.mirror_file or self.url.rstrip("/").rsplit("/", 1)[-1]
+        """The file name to look for in a mirror folder (and of the cached download): `mirror_file`,
+        else the last part of the URL's path (its query string left out)."""
+        return self.mirror_file or urllib.parse.urlparse(self.url).path.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def is_archive(self) -> bool:
@@ -161,6 +165,7 @@ CHOICES = {
 POSITIVE = {
     "retries", "timeout_s", "max_vocab", "min_count", "hidden", "layers", "seq_len", "k1", "k2", "batch_size", "lr",
     "max_steps", "max_seconds", "val_every", "eval_batch", "eval_len", "devices", "num_nodes", "log_every", "length", "n",
+    "min_train_tokens",
 }
 NON_NEGATIVE = {"warmup_steps", "weight_decay", "clip", "top_k", "progress_every", "seed"}
 
@@ -189,6 +194,8 @@ def _check_value(path: str, name: str, value, typ):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{PARAMS}: {path}: must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{PARAMS}: {path}: must be a finite number, got {value!r}")
     elif typ is str:
         if not isinstance(value, str):
             raise UserError(f"{PARAMS}: {path}: must be a string, got {value!r}")
@@ -250,6 +257,7 @@ class Params:
         return Path(m).expanduser() if m else None
 
 
+CORPUS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SECTIONS = {"data", "corpora", "tokenize", "onehot", "train", "sample", "tracking", "lm_corpora", "preset", "presets", "studies"}
 
 
@@ -293,6 +301,10 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
         raise UserError(f"{PARAMS}: corpora: declare at least one corpus")
     corpora = {}
     for name, spec in corpora_raw.items():
+        if not isinstance(name, str) or not CORPUS_NAME.fullmatch(name):
+            raise UserError(
+                f"{PARAMS}: corpora: name {name!r} is not usable as a folder name; use letters, digits, _ and - (e.g. my_corpus)"
+            )
         c = build(Corpus, spec, f"corpora.{name}")
         for key in ("sha256", "mirror_sha256"):
             v = getattr(c, key)
@@ -300,6 +312,16 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
                 raise UserError(f"{PARAMS}: corpora.{name}.{key}: must be 64 lowercase hex digits, got {v!r}")
         if not c.url.startswith(("https://", "http://")):
             raise UserError(f"{PARAMS}: corpora.{name}.url: must be an http(s) URL, got {c.url!r}")
+        if not c.file_name or c.file_name in (".", "..") or "/" in c.file_name or "\\" in c.file_name:
+            raise UserError(
+                f"{PARAMS}: corpora.{name}.mirror_file: must be a plain file name (no folders), got {c.file_name!r}; "
+                "set mirror_file, or give a url that ends in a file name"
+            )
+        if c.include and not c.is_archive:
+            raise UserError(
+                f"{PARAMS}: corpora.{name}.include: only an archive (.tar.*, .tgz, .zip) has members to include, "
+                f"and {c.file_name!r} is not one; remove include, or name the archive with mirror_file"
+            )
         corpora[name] = c
     p = Params(
         data=build(DataParams, raw.get("data"), "data"),
@@ -348,7 +370,13 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
     raw = raw or {}
     for key, value in (overrides or {}).items():
         set_key(raw, key, value)  # before the preset too: `preset` itself may be overridden
-    return parse(raw, overrides)
+    try:
+        return parse(raw, overrides)
+    except UserError as e:
+        msg = str(e)
+        if path.name != PARAMS and msg.startswith(f"{PARAMS}: "):  # name the file the user gave
+            raise UserError(f"{path}: {msg[len(PARAMS) + 2:]}") from None
+        raise
 
 
 _EXP_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

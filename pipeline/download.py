@@ -7,7 +7,8 @@ Fetching: HTTPS with a progress bar, retries with exponential back-off on transi
 failures (connection errors, cuts, 5xx, 429), resume with an HTTP Range request when the
 server allows it, sha256 verification where params declare one. The fetched file is kept
 in data/downloads/ (a cache, not a DVC output) so a later run neither downloads it again
-nor loses a half-finished transfer.
+nor loses a half-finished transfer. The cache remembers the URL its bytes came from
+(`<file>.url` beside it): a changed URL fetches anew, never reuses the old bytes.
 
 Archives (.tar.*, .zip) are checked member by member before anything is written: absolute
 paths, `..` and links leaving the folder are refused (tarfile's `data` filter). Members
@@ -44,6 +45,15 @@ BACKOFF_S = float(os.environ.get("DOWNLOAD_BACKOFF_S", "1.0"))
 
 class TransientError(Exception):
     """A failure worth retrying: the connection dropped, timed out, or the server is busy."""
+
+
+class UnreadableArchive(UserError):
+    """The archive cannot be read: truncated, corrupt, or not the format its name says."""
+
+
+def one_line(text) -> str:
+    """An exception's text on one line (tarfile's and zipfile's may span several)."""
+    return " ".join(str(text).split())
 
 
 def sha256_file(path: Path) -> str:
@@ -101,11 +111,37 @@ def _get_once(url: str, part: Path, timeout: float) -> None:
             raise TransientError(f"transfer cut after {start + got} of {start + expected} bytes")
 
 
+def url_record(dest: Path) -> Path:
+    """The file beside a cached download that names the URL its bytes (and its .part) came from."""
+    return dest.with_name(dest.name + ".url")
+
+
+def forget(dest: Path) -> None:
+    """Drop a cached download, its partial transfer and its URL record."""
+    for p in (dest, dest.with_name(dest.name + ".part"), url_record(dest)):
+        p.unlink(missing_ok=True)
+
+
 def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest` (atomically, via `dest`.part), resuming and retrying."""
-    if dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
+    """Download `url` to `dest` (atomically, via `dest`.part), resuming and retrying.
+
+    The cache is keyed by URL: `dest` or a `.part` fetched from another URL (or of unknown
+    origin) is dropped, not reused."""
+    record = url_record(dest)
+    cached_url = record.read_text(encoding="utf-8").strip() if record.is_file() else None
+    if cached_url is None and sha256 is not None and dest.exists() and sha256_file(dest) == sha256:
+        cached_url = url  # a cache from before the URL record, and verified: keep it
+        with atomic_path(record) as tmp:
+            tmp.write_text(url + "\n", encoding="utf-8")
+    if cached_url != url:
+        if dest.exists() or dest.with_name(dest.name + ".part").exists():
+            print(f"download {url}: the cached {dest} came from {cached_url or 'an unknown URL'}; fetching anew", file=sys.stderr)
+        forget(dest)
+    elif dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(record) as tmp:
+        tmp.write_text(url + "\n", encoding="utf-8")
     part = dest.with_name(dest.name + ".part")
     last = None
     for attempt in range(retries):
@@ -114,9 +150,9 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
             break
         except TransientError as e:
             last = e
-            wait = BACKOFF_S * 2**attempt
-            print(f"download {url}: {e}; retry {attempt + 1}/{retries - 1} in {wait:.1f} s", file=sys.stderr)
             if attempt + 1 < retries:
+                wait = BACKOFF_S * 2**attempt
+                print(f"download {url}: {e}; retry {attempt + 1}/{retries - 1} in {wait:.1f} s", file=sys.stderr)
                 time.sleep(wait)
     else:
         raise UserError(
@@ -126,7 +162,7 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
     if sha256 is not None:
         got = sha256_file(part)
         if got != sha256:
-            part.unlink()
+            forget(dest)
             raise UserError(
                 f"sha256 mismatch for {url}: expected {sha256}, got {got}; the file changed upstream or is corrupt "
                 f"(update the corpus sha256 in params.yaml only if you trust the new file)"
@@ -138,7 +174,8 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
 def from_mirror(mirror: Path, corpus: Corpus, name: str) -> Path:
     """The corpus file in an offline mirror folder, checked against its sha256."""
     if not mirror.is_dir():
-        raise UserError(f"mirror folder {mirror} does not exist; fix CORPUS_MIRROR / data.mirror or unset it to download")
+        what = "is a file, not a folder" if mirror.exists() else "does not exist"
+        raise UserError(f"mirror folder {mirror} {what}; fix CORPUS_MIRROR / data.mirror or unset it to download")
     src = mirror / corpus.file_name
     if not src.is_file():
         raise UserError(
@@ -170,6 +207,7 @@ def _extract_tar(archive: Path, tmp: Path, include: tuple[str, ...]) -> list[str
     names = []
     try:
         with tarfile.open(archive, "r:*") as tf:
+            seen = set()
             for m in tf:
                 if m.name.startswith(("/", "\\")) or PurePosixPath(m.name).is_absolute():
                     raise _unsafe(m.name, "absolute path", archive)
@@ -177,13 +215,17 @@ def _extract_tar(archive: Path, tmp: Path, include: tuple[str, ...]) -> list[str
                     tarfile.data_filter(m, str(tmp))
                 except tarfile.FilterError as e:
                     raise _unsafe(m.name, str(e), archive) from None
-                if m.isfile() and _match(m.name, include):
+                if (m.isfile() or m.islnk()) and _match(m.name, include):
+                    # a later member of the same name replaces the earlier one, as tar itself does;
+                    # a hard link is extracted as a copy of its target's bytes
                     tf.extract(m, tmp, filter="data")
-                    names.append(m.name)
+                    if m.name not in seen:
+                        seen.add(m.name)
+                        names.append(m.name)
     except (tarfile.TarError, EOFError, OSError) as e:
         if isinstance(e, UserError):
             raise
-        raise UserError(f"archive {archive.name} is not a readable tar file ({e}); delete it and fetch it again") from None
+        raise UnreadableArchive(f"archive {archive} is not a readable tar file ({one_line(e)})") from None
     return names
 
 
@@ -201,10 +243,11 @@ def _extract_zip(archive: Path, tmp: Path, include: tuple[str, ...]) -> list[str
                     raise _unsafe(info.filename, "symbolic link", archive)
             for info in zf.infolist():
                 if not info.is_dir() and _match(info.filename, include):
-                    zf.extract(info, tmp)
-                    names.append(info.filename)
-    except zipfile.BadZipFile as e:
-        raise UserError(f"archive {archive.name} is not a readable zip file ({e}); delete it and fetch it again") from None
+                    zf.extract(info, tmp)  # a later member of the same name replaces the earlier one
+                    if info.filename not in names:
+                        names.append(info.filename)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise UnreadableArchive(f"archive {archive} is not a readable zip file ({one_line(e)})") from None
     return names
 
 
@@ -240,12 +283,20 @@ def download(name: str, params: Params, raw_dir: Path = RAW, cache: Path = DOWNL
         out = tmp / f"corpus{ext}"
         members = None
         if corpus.is_archive:
-            members = concat_members(src, out, corpus.include)
+            try:
+                members = concat_members(src, out, corpus.include)
+            except UnreadableArchive as e:
+                if mirror is not None:
+                    raise UnreadableArchive(f"{e}; replace the mirror copy with the file named in params.yaml") from None
+                forget(src)  # a cached download: the next run fetches it anew
+                raise UnreadableArchive(f"{e}; the cached download was deleted: run again to fetch it anew") from None
         else:
             shutil.copyfile(src, out)
         info = {
             "corpus": name,
             "url": corpus.url,
+            # where the bytes came from: the URL itself, or an offline copy of (a subset of) it
+            "from": {"mirror": corpus.file_name} if mirror is not None else "url",
             "fetched_sha256": sha256_file(src),
             "members": members,
             "bytes": out.stat().st_size,

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -12,18 +14,39 @@ class UserError(Exception):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a plain `kill`, a timeout, a cancelled job), raised like Ctrl-C so that every
+    `finally` runs: temporary outputs are removed and worker processes stopped."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def cli(main):
-    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits 2."""
+    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits 2, and
+    Ctrl-C or SIGTERM print one line and exit 130 or 143 after the cleanup has run."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("error: interrupted; outputs under their final names are untouched", file=sys.stderr)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as e:
+            what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+            print(
+                f"error: {what}; a file or folder under its final name is the last complete one (under dvc repro, "
+                "whose stage outputs are removed before the stage runs, `dvc checkout` brings the last ones back)",
+                file=sys.stderr,
+            )
+            raise SystemExit(code) from None
+        finally:
+            if previous is not None:  # a caller in a long-lived process keeps its own handler
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

@@ -25,15 +25,23 @@ def rolls_from_json(obj, path: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
     out = {}
     for key, split in SPLITS.items():
         chorales = obj[key]
+        if not isinstance(chorales, list) or not all(
+            isinstance(c, list) and all(isinstance(step, list) for step in c) for c in chorales
+        ):
+            raise UserError(
+                f"{path}: {key}: expected a list of chorales, each a list of time steps, each a list of pitches; "
+                "the file is corrupt or another format: fetch it again"
+            )
         lengths = [len(c) for c in chorales]
         roll = np.zeros((sum(lengths), KEYS), dtype=np.uint8)
         row = 0
         for ci, chorale in enumerate(chorales):
             for step in chorale:
                 for pitch in step:
-                    if not isinstance(pitch, (int, float)) or not LOWEST <= pitch < LOWEST + KEYS:
+                    whole = isinstance(pitch, int) or (isinstance(pitch, float) and pitch.is_integer())
+                    if isinstance(pitch, bool) or not whole or not LOWEST <= pitch < LOWEST + KEYS:
                         raise UserError(
-                            f"{path}: {key} chorale {ci} has pitch {pitch!r} outside the piano's 21..108; the file is corrupt"
+                            f"{path}: {key} chorale {ci} has pitch {pitch!r}, not a whole MIDI pitch of the piano's 21..108; the file is corrupt"
                         )
                     roll[row, int(pitch) - LOWEST] = 1
                 row += 1

@@ -66,7 +66,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv.requests.append((self.path, self.headers.get("Range")))
         parts = self.path.strip("/").split("/")
         mode = parts[0] if parts[0] in ("cut", "norange") else "plain"
-        name = parts[-1]
+        name = parts[-1].split("?", 1)[0]  # a query string names no file
         f = srv.root / name
         if not f.is_file():
             self.send_error(404, "Not Found")

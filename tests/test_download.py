@@ -63,6 +63,7 @@ def test_server_without_range_restarts_from_zero(tmp_path, http_server):
     part = tmp_path / "data/downloads/input.txt.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"garbage that must not survive")
+    (tmp_path / "data/downloads/input.txt.url").write_text(f"{url}/norange/input.txt\n")  # the same URL: resumed
     write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/norange/input.txt", "sha256": sha(TEXT)}})
     run_module("pipeline.download", "t", cwd=tmp_path, check=True)
     assert (tmp_path / "data/raw/t/corpus.txt").read_bytes() == TEXT
@@ -171,3 +172,113 @@ def test_bad_params_name_the_key(tmp_path):
     assert "corpora.t.sha: unknown key" in one_line_error(run_module("pipeline.download", "t", cwd=tmp_path))
     write_params(tmp_path, {"t": {"kind": "text", "url": "https://example.invalid/a.txt"}}, data={"retries": -1})
     assert "data.retries: must be > 0" in one_line_error(run_module("pipeline.download", "t", cwd=tmp_path))
+
+
+def test_cache_is_keyed_by_url(tmp_path, http_server):
+    """A cached download (or a partial one) from another URL is never taken for this URL's file."""
+    url, www, srv = http_server
+    (www / "input.txt").write_bytes(TEXT)
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt"}})  # no sha256: nothing to check bytes by
+    run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    other = b"Other text entirely.\n" * 50
+    (www / "input.txt").write_bytes(other)  # the same name served under a new URL
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/norange/input.txt"}})
+    p = run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    assert "fetching anew" in p.stderr
+    assert (tmp_path / "data/raw/t/corpus.txt").read_bytes() == other
+    assert srv.requests[-1][0] == "/norange/input.txt"
+    # a partial transfer of unknown origin is not resumed either
+    cache = tmp_path / "data/downloads"
+    (cache / "input.txt").unlink()
+    (cache / "input.txt.url").unlink()
+    (cache / "input.txt.part").write_bytes(b"stale bytes from somewhere")
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt"}})
+    run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    assert (tmp_path / "data/raw/t/corpus.txt").read_bytes() == other
+    assert srv.requests[-1] == ("/input.txt", None)  # from byte 0, no Range
+
+
+def test_verified_cache_without_url_record_is_kept(tmp_path, http_server):
+    url, www, srv = http_server
+    cache = tmp_path / "data/downloads"
+    cache.mkdir(parents=True)
+    (cache / "input.txt").write_bytes(TEXT)  # as an older version of the stage left it
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt", "sha256": sha(TEXT)}})
+    run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    assert srv.requests == [] and (cache / "input.txt.url").read_text().strip() == f"{url}/input.txt"
+
+
+def test_truncated_archive_is_dropped_from_the_cache(tmp_path, http_server):
+    url, www, srv = http_server
+    whole = _tar({f"top/{i}.c": (f"int v{i};\n" * 2000).encode() for i in range(8)})
+    (www / "src.tar.gz").write_bytes(whole[: len(whole) // 2])
+    write_params(tmp_path, {"c": {"kind": "text", "url": f"{url}/src.tar.gz", "include": ["*.c"]}})
+    err = one_line_error(run_module("pipeline.download", "c", cwd=tmp_path))
+    assert "not a readable tar file" in err and "data/downloads/src.tar.gz" in err and "run again" in err
+    assert not (tmp_path / "data/downloads/src.tar.gz").exists() and not (tmp_path / "data/raw/c").exists()
+    (www / "src.tar.gz").write_bytes(whole)  # the server fixed: the next run fetches it anew
+    run_module("pipeline.download", "c", cwd=tmp_path, check=True)
+    assert (tmp_path / "data/raw/c/corpus.txt").read_text().count("int v") == 8 * 2000
+
+
+def test_archive_name_ignores_query_and_include_needs_an_archive(tmp_path, http_server):
+    url, www, srv = http_server
+    (www / "src.tar.gz").write_bytes(_tar({"top/a.c": b"int a;\n", "top/README": b"skip\n"}))
+    write_params(tmp_path, {"c": {"kind": "text", "url": f"{url}/src.tar.gz?download=1", "include": ["*.c"]}})
+    run_module("pipeline.download", "c", cwd=tmp_path, check=True)
+    assert (tmp_path / "data/raw/c/corpus.txt").read_bytes() == b"int a;\n"
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt", "include": ["*.c"]}})
+    err = one_line_error(run_module("pipeline.download", "t", cwd=tmp_path))
+    assert "corpora.t.include" in err and "remove include" in err
+
+
+def test_tar_duplicate_members_and_hard_links(tmp_path, http_server):
+    """Tar semantics: a later member of a name replaces the earlier one; a hard link is its target's bytes."""
+    url, www, srv = http_server
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in (("top/a.c", b"v1\n"), ("top/a.c", b"v2\n"), ("top/b.c", b"B\n")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        link = tarfile.TarInfo("top/c.c")
+        link.type, link.linkname = tarfile.LNKTYPE, "top/b.c"
+        tf.addfile(link)
+    (www / "dup.tar.gz").write_bytes(buf.getvalue())
+    write_params(tmp_path, {"c": {"kind": "text", "url": f"{url}/dup.tar.gz", "include": ["*.c"]}})
+    run_module("pipeline.download", "c", cwd=tmp_path, check=True)
+    assert (tmp_path / "data/raw/c/corpus.txt").read_bytes() == b"v2\nB\nB\n"
+    assert json.loads((tmp_path / "data/raw/c/source.json").read_text())["members"] == 3
+
+
+def test_source_json_says_where_the_bytes_came_from(tmp_path, http_server):
+    url, www, srv = http_server
+    (www / "input.txt").write_bytes(TEXT)
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt", "sha256": sha(TEXT)}})
+    run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    assert json.loads((tmp_path / "data/raw/t/source.json").read_text())["from"] == "url"
+    run_module("pipeline.download", "t", cwd=tmp_path, env={"CORPUS_MIRROR": str(www)}, check=True)
+    assert json.loads((tmp_path / "data/raw/t/source.json").read_text())["from"] == {"mirror": "input.txt"}
+
+
+def test_more_bad_params_and_mirror(tmp_path):
+    """Each a one-line error naming the key (and the params file the user gave)."""
+    ok = {"kind": "text", "url": "https://example.invalid/a.txt"}
+    cases = [
+        ({"../evil": ok}, {}, "not usable as a folder name"),
+        ({"t": {**ok, "mirror_file": "../../etc/passwd"}}, {}, "corpora.t.mirror_file: must be a plain file name"),
+        ({"t": ok}, {"data": {"timeout_s": float("inf")}}, "data.timeout_s: must be a finite number"),
+        ({"t": ok}, {"onehot": {"min_train_tokens": -5}}, "onehot.min_train_tokens: must be > 0"),
+    ]
+    for corpora, sections, want in cases:
+        write_params(tmp_path, corpora, **sections)
+        err = one_line_error(run_module("pipeline.download", "t", cwd=tmp_path))
+        assert want in err, (want, err)
+    write_params(tmp_path, {"t": ok}, data={"retries": 0})
+    (tmp_path / "params.yaml").rename(tmp_path / "other.yaml")
+    err = one_line_error(run_module("pipeline.download", "t", "--params", "other.yaml", cwd=tmp_path))
+    assert err.startswith("error: other.yaml: data.retries: must be > 0"), err
+    write_params(tmp_path, {"t": ok})
+    (tmp_path / "afile").write_text("x")
+    err = one_line_error(run_module("pipeline.download", "t", cwd=tmp_path, env={"CORPUS_MIRROR": str(tmp_path / "afile")}))
+    assert "is a file, not a folder" in err

@@ -136,3 +136,33 @@ def test_missing_inputs_name_the_stage_to_run(tmp_path):
     write_params(tmp_path, {"c": {"kind": "text", "url": "https://example.invalid/c.txt"}})
     assert "dvc repro download@" in one_line_error(run_module("pipeline.tokenize", "c", cwd=tmp_path))
     assert "dvc repro tokenize@c" in one_line_error(run_module("pipeline.onehot", "c", cwd=tmp_path))
+
+
+@pytest.mark.parametrize(
+    "obj, expect",
+    [
+        ({"train": 5, "valid": [], "test": []}, "train: expected a list of chorales"),
+        ({"train": [[[60, 64]], 7], "valid": [], "test": []}, "train: expected a list of chorales"),
+        ({"train": [[[60.7]]], "valid": [], "test": []}, "pitch 60.7, not a whole MIDI pitch"),
+        ({"train": [[[True]]], "valid": [], "test": []}, "pitch True"),
+        ({"train": [[[120]]], "valid": [], "test": []}, "pitch 120"),
+    ],
+)
+def test_malformed_chorales_are_one_line_errors(tmp_path, obj, expect):
+    write_params(tmp_path, {"m": {"kind": "music", "url": "https://example.invalid/m.json"}})
+    raw = tmp_path / "data/raw/m"
+    raw.mkdir(parents=True)
+    (raw / "corpus.json").write_text(json.dumps(obj))
+    err = one_line_error(run_module("pipeline.tokenize", "m", cwd=tmp_path))
+    assert expect in err, err
+    assert not (tmp_path / "data/tokens/m").exists()
+
+
+def test_whole_float_pitches_are_taken(tmp_path):
+    write_params(tmp_path, {"m": {"kind": "music", "url": "https://example.invalid/m.json"}})
+    raw = tmp_path / "data/raw/m"
+    raw.mkdir(parents=True)
+    (raw / "corpus.json").write_text(json.dumps({"train": [[[60.0, 64], []]], "valid": [[[21]]], "test": []}))
+    run_module("pipeline.tokenize", "m", cwd=tmp_path, check=True)
+    roll = np.load(tmp_path / "data/tokens/m/train.npy")
+    assert roll.shape == (2, 88) and roll[0].nonzero()[0].tolist() == [60 - 21, 64 - 21] and roll[1].sum() == 0

@@ -1,0 +1,135 @@
+"""Ctrl-C, SIGTERM and SIGKILL in the middle of a stage: one line, the right exit status,
+no worker left running, no temporary left behind, the last complete output kept."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+POOL = """
+import sys, time
+from pipeline import charscan
+from pipeline.errors import cli
+
+@cli
+def main(argv=None):
+    with charscan._pool(2) as pool:
+        futures = [pool.submit(time.sleep, 120) for _ in range(2)]
+        time.sleep(0.5)
+        print(" ".join(map(str, pool._processes)), flush=True)
+        for f in futures:
+            f.result()
+
+main()
+"""
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from pipeline.atomic import atomic_dir
+from pipeline.errors import cli
+
+@cli
+def main(argv=None):
+    with atomic_dir(Path(sys.argv[1])) as tmp:
+        (tmp / "half.npy").write_bytes(b"x" * 1000)
+        print(tmp, flush=True)
+        time.sleep(120)
+
+main()
+"""
+
+
+def start(code: str, *args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_pool_workers_stop_with_the_stage(how):
+    """Ctrl-C reaches the whole process group; SIGTERM only the parent (a plain `kill`). Either
+    way the stage exits with one line and its workers do not outlive it (they ignore Ctrl-C:
+    a worker stopped inside the pool's queue lock used to hang the stage)."""
+    p = start(POOL)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2
+    if how == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        os.kill(p.pid, signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err = p.stderr.read()
+    assert rc == (130 if how == "ctrl-c" else 143), err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "dvc checkout" in err, err
+    for pid in pids:
+        assert gone(pid), f"worker {pid} outlived the stage"
+
+
+def test_sigterm_removes_the_temporary_and_keeps_the_last_output(tmp_path):
+    final = tmp_path / "tokens"
+    final.mkdir()
+    (final / "ids.npy").write_bytes(b"good")
+    p = start(WRITER, final)
+    tmp = Path(p.stdout.readline().strip())
+    assert tmp.is_dir() and tmp.parent == tmp_path
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 143
+    assert not tmp.exists()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["tokens"] and (final / "ids.npy").read_bytes() == b"good"
+
+
+def test_a_killed_writers_temporary_is_swept_by_the_next_writer(tmp_path):
+    from pipeline.atomic import atomic_dir, atomic_path
+
+    final = tmp_path / "tokens"
+    p = start(WRITER, final)
+    tmp = Path(p.stdout.readline().strip())
+    p.kill()  # SIGKILL: no cleanup can run
+    p.wait(timeout=30)
+    assert tmp.is_dir()
+    other = tmp_path / f".tokens.5.{os.getpid()}.abcdefgh.tmp"  # the live temporary of `tokens.5`: not ours
+    other.mkdir()
+    live = tmp_path / f".tokens.{os.getpid()}.abcdefgh.tmp"  # a live writer's (this process)
+    live.mkdir()
+    with atomic_dir(final) as t:
+        (t / "ids.npy").write_bytes(b"new")
+    assert not tmp.exists() and other.exists() and live.exists()
+    assert (final / "ids.npy").read_bytes() == b"new"
+    # files too: a killed writer's temporary file beside `final`
+    f = tmp_path / "out.json"
+    dead = _dead_pid()
+    stale = tmp_path / f".out.json.{dead}.abcdefgh.tmp"
+    stale.write_text("half")
+    with atomic_path(f) as t:
+        t.write_text("{}")
+    assert not stale.exists() and f.read_text() == "{}"
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
