@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.atomic import atomic_dir, atomic_path
 from pipeline.config import Corpus, Params, load_params
-from pipeline.errors import UserError, cli
+from pipeline.errors import TransientFailure, UserError, cli
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
@@ -155,7 +155,7 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
                 print(f"download {url}: {e}; retry {attempt + 1}/{retries - 1} in {wait:.1f} s", file=sys.stderr)
                 time.sleep(wait)
     else:
-        raise UserError(
+        raise TransientFailure(
             f"download of {url} failed {retries} times (last: {last}); check the network and run again "
             f"(it resumes), or work offline with CORPUS_MIRROR=<folder>"
         )

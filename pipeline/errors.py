@@ -10,8 +10,18 @@ import threading
 class UserError(Exception):
     """A problem with the input (params, data, arguments) that the user can fix.
 
-    The message is one line: the problem, then the fix.
+    The message is one line: the problem, then the fix. `cli` exits with `exit_code`.
     """
+
+    exit_code = 2
+
+
+class TransientFailure(UserError):
+    """A failure that may pass by itself (the network, a busy server) and persisted through
+    the retries here: exit code 75 (EX_TEMPFAIL of sysexits.h), so a scheduler knows that a
+    later retry may succeed where a UserError (exit 2) needs the user's fix."""
+
+    exit_code = 75
 
 
 class Terminated(KeyboardInterrupt):
@@ -24,7 +34,8 @@ def _on_sigterm(signum, frame):
 
 
 def cli(main):
-    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits 2, and
+    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits 2 (75 for a
+    TransientFailure), and
     Ctrl-C or SIGTERM print one line and exit 130 or 143 after the cleanup has run."""
 
     @functools.wraps(main)
@@ -36,7 +47,7 @@ def cli(main):
             return main(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(e.exit_code) from None
         except KeyboardInterrupt as e:
             what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
             print(

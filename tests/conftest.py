@@ -53,6 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     /cut/<name>: the first request sends half the body then drops the connection.
     /norange/<name>: ignores Range headers (always 200, the whole body).
+    /busy/<name>: 503 every time (a server that stays down).
     /missing...: 404.
     """
 
@@ -65,6 +66,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
         parts = self.path.strip("/").split("/")
+        if parts[0] == "busy":
+            self.send_error(503, "Service Unavailable")
+            return
         mode = parts[0] if parts[0] in ("cut", "norange") else "plain"
         name = parts[-1].split("?", 1)[0]  # a query string names no file
         f = srv.root / name

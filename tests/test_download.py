@@ -69,11 +69,23 @@ def test_server_without_range_restarts_from_zero(tmp_path, http_server):
     assert (tmp_path / "data/raw/t/corpus.txt").read_bytes() == TEXT
 
 
+def test_server_down_through_every_retry_exits_75_so_a_scheduler_may_retry(tmp_path, http_server):
+    url, www, srv = http_server
+    (www / "input.txt").write_bytes(TEXT)
+    write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/busy/input.txt"}}, data={"retries": 2})
+    p = run_module("pipeline.download", "t", cwd=tmp_path, env=FAST)
+    err = one_line_error(p)
+    assert p.returncode == 75 and "failed 2 times" in err and "HTTP 503" in err, p.stderr
+    assert len(srv.requests) == 2 and not (tmp_path / "data/raw/t").exists()
+
+
 def test_http_404_is_one_line_error_and_leaves_nothing(tmp_path, http_server):
     url, www, srv = http_server
     write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/missing.txt"}})
-    err = one_line_error(run_module("pipeline.download", "t", cwd=tmp_path, env=FAST))
+    p = run_module("pipeline.download", "t", cwd=tmp_path, env=FAST)
+    err = one_line_error(p)
     assert "HTTP 404" in err and "CORPUS_MIRROR" in err
+    assert p.returncode == 2  # the user's to fix: no scheduler should retry it
     assert not (tmp_path / "data/raw/t").exists()
     assert len(srv.requests) == 1  # a 404 is not retried
 
