@@ -4,7 +4,10 @@
 
 The tasks call the same functions as the DVC stages. Data preparation goes through
 `dvc repro download@<corpus>` and `dvc repro onehot@<corpus>`, so DVC's caching rule
-decides what reruns; the download task alone retries, with exponential back-off. The
+decides what reruns, and the data come from params.yaml whatever the flow is given: its
+overrides may set train, sample, tracking and preset, not the data sections. The download
+task alone retries, with exponential back-off, and only for a failure that may pass by itself
+(the stage's exit 75: the network), not for a bad URL or params (exit 2). The
 model stages write under outputs/flow/ (not the DVC-tracked models/, metrics/, samples/),
 so a scheduled run never dirties the DVC workspace. Results: an MLflow run (and model
 version) per flow run, a Markdown artifact with the samples and a table artifact with the
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +25,67 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.dvc_stage import retry_transient, run_dvc
+from pipeline.errors import UserError, cli
+
 FLOW_OUT = Path("outputs/flow")
+RETRY_BACKOFF_S = float(os.environ.get("FLOW_RETRY_BACKOFF_S", "10"))  # download retries after ~10, 20, 40 s
+# What `dvc repro` prepares the data with comes from params.yaml here, whatever the flow is given.
+DATA_SECTIONS = ("data", "corpora", "tokenize", "onehot")
 
 
-def _dvc(*args: str) -> str:
-    exe = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-    p = subprocess.run([exe, *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        err = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
-        raise RuntimeError(f"dvc {' '.join(args)} failed: {err[-1] if err else p.returncode}")
-    return p.stdout
-
-
-def _params(params_path: str, preset: str | None, overrides: dict[str, Any] | None):
-    from pipeline.config import load_params
+def flow_params(params_path: str, preset: str | None, overrides: dict[str, Any] | None):
+    from pipeline.config import PARAMS, load_params
 
     o = dict(overrides or {})
+    bad = sorted(k for k in o if k.split(".")[0] in DATA_SECTIONS)
+    if bad:
+        raise UserError(
+            f"overrides {', '.join(bad)}: the flow prepares data with `dvc repro`, which reads {PARAMS}; "
+            "change them there, and keep overrides to train, sample, tracking and preset"
+        )
     if preset:
         o["preset"] = preset
-    return load_params(params_path, o)
+    params = load_params(params_path, o)
+    if Path(params_path).resolve() != Path(PARAMS).resolve():
+        project = load_params(PARAMS).raw
+        differ = [s for s in DATA_SECTIONS if params.raw.get(s) != project.get(s)]
+        if differ:
+            raise UserError(
+                f"{params_path}: {', '.join(differ)} differ from {PARAMS}, which `dvc repro` prepares the data with; "
+                f"make them equal, or give the flow {PARAMS}"
+            )
+    return params
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5)
+def check(corpus: str, params) -> None:
+    """What would fail only after the data stages: a corpus that is not text, a missing GPU."""
+    from pipeline.train import check_device
+
+    c = params.corpus(corpus)
+    if c.kind != "text":
+        texts = ", ".join(k for k, v in params.corpora.items() if v.kind == "text")
+        raise UserError(f"corpus {corpus!r} is {c.kind}, and the flow trains a character model of text; choose one of {texts}")
+    check_device(params.train.accelerator)
+
+
+def artifact_key(prefix: str, corpus: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes only."""
+    return f"{prefix}-" + (re.sub(r"[^a-z0-9-]+", "-", corpus.lower()).strip("-") or "corpus")
+
+
+@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S), retry_jitter_factor=0.5,
+      retry_condition_fn=retry_transient)
 def download(corpus: str) -> str:
-    """Fetch the corpus (DVC stage download@<corpus>); retried on failure."""
-    return _dvc("repro", f"download@{corpus}")
+    """Fetch the corpus (DVC stage download@<corpus>); retried only when the failure may pass
+    by itself (the network, after the stage's own retries), not for a bad URL or params."""
+    return run_dvc("repro", f"download@{corpus}")
 
 
 @task
 def prepare(corpus: str) -> str:
     """Tokenize and one-hot encode (DVC stages tokenize@, onehot@), cached by DVC."""
-    return _dvc("repro", f"onehot@{corpus}")
+    return run_dvc("repro", f"onehot@{corpus}")
 
 
 @task
@@ -90,8 +121,8 @@ def charlm_pipeline(
     overrides: params as {"section.key": value}, e.g. {"train.cell": "gru", "train.max_steps": 300}.
     """
     logger = get_run_logger()
-    params = _params(params_path, preset, overrides)
-    params.corpus(corpus)  # unknown corpus: fail before any work
+    params = flow_params(params_path, preset, overrides)
+    check(corpus, params)  # fail before any work
     download(corpus)
     prepare(corpus)
     summary = train(corpus, params)
@@ -100,33 +131,31 @@ def charlm_pipeline(
     logger.info("val_loss %.4f nats/token after %d steps", metrics["val_loss"], summary["steps"])
     rows = [{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))]
     rows.append({"metric": "best_val_loss (training)", "value": summary["best_val_loss"]})
-    create_table_artifact(rows, key=f"metrics-{corpus.replace('_', '-')}", description=f"Evaluation of the {corpus} model")
+    create_table_artifact(rows, key=artifact_key("metrics", corpus), description=f"Evaluation of the {corpus} model")
     mlf = summary.get("mlflow") or {}
     create_markdown_artifact(
         f"# Samples: {corpus}\n\nModel: {params.train.cell} {params.train.layers}x{params.train.hidden}, "
         f"val_loss {metrics['val_loss']:.4f} nats/token; MLflow run `{mlf.get('run_id')}` "
         f"({mlf.get('registered') or 'not registered'})\n\n```text\n{text[:3000]}\n```\n",
-        key=f"samples-{corpus.replace('_', '-')}",
+        key=artifact_key("samples", corpus),
         description=f"Samples from the {corpus} model",
     )
     return {"summary": {k: v for k, v in summary.items() if k != "train"}, "metrics": metrics}
 
 
+@cli
 def main(argv=None):
-    from pipeline.errors import UserError
+    from pipeline.config import parse_sets
 
     ap = argparse.ArgumentParser(description="Run the train -> evaluate -> sample flow once, here.")
     ap.add_argument("--corpus", default="tinyshakespeare")
     ap.add_argument("--preset", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--params", default="params.yaml", help="its data sections must equal params.yaml's (dvc repro reads that)")
     a = ap.parse_args(argv)
-    from pipeline.config import parse_sets
-
-    try:
-        charlm_pipeline(a.corpus, a.preset, parse_sets(a.set))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    overrides = parse_sets(a.set)
+    check(a.corpus, flow_params(a.params, a.preset, overrides))  # one line now, not after the flow's start-up
+    charlm_pipeline(a.corpus, a.preset, overrides, a.params)
 
 
 if __name__ == "__main__":

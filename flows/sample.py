@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pipeline.config import SampleParams
@@ -22,12 +23,25 @@ from pipeline.sample import format_samples, sample_text
 
 def store_uri(params_path: str) -> str:
     """The store `pipeline.train` logs to with these params (see the module docstring)."""
-    from pipeline.config import load_params
+    from pipeline.config import PARAMS, load_params
     from pipeline.tracking import tracking_uri
 
     if Path(params_path).is_file():
         return tracking_uri(load_params(params_path))
+    if params_path != PARAMS:
+        raise UserError(f"--params {params_path}: not found; give the params file whose tracking.uri names the store")
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def check_store(uri: str, model: str) -> None:
+    """A sqlite store that does not exist: say so, rather than let MLflow create an empty one."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise UserError(
+                f"{model}: no MLflow store at {db}; train first (dvc repro, or the flow), or point "
+                "MLFLOW_TRACKING_URI or tracking.uri of --params at the store the model is in"
+            )
 
 
 def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
@@ -35,16 +49,28 @@ def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
         from pipeline.tracking import checkpoint_from_model_uri, fluent_uri
 
         uri = store_uri(params_path)
+        check_store(uri, model)
         try:
             with fluent_uri(uri):
                 ckpt, _ = checkpoint_from_model_uri(model, tmp)
         except Exception as e:  # MlflowException for an unknown name/version, and the like
-            raise UserError(f"{model}: cannot load it from MLflow ({str(e).splitlines()[0]}); check the name/version with the MLflow UI") from None
+            raise UserError(
+                f"{model}: cannot load it from MLflow at {uri} ({str(e).splitlines()[0]}); check the name/version with the MLflow UI"
+            ) from None
         return ckpt
     path = Path(model)
     if not path.is_file():
         raise UserError(f"{model}: no such checkpoint; give a .ckpt path or models:/<name>/<version>")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else would fail in unpickling
+        raise UserError(f"{model}: not a PyTorch checkpoint; give a best.ckpt or last.ckpt of a training run, or models:/<name>/<version>")
     return path
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible here; use --device cpu")
 
 
 @cli
@@ -61,8 +87,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--params", default="params.yaml", help="its tracking.uri names the MLflow store of models:/ URIs")
     a = ap.parse_args(argv)
-    if a.length < 0 or a.n < 1:
-        raise UserError(f"--length must be >= 0 and --n >= 1, got {a.length} and {a.n}")
+    if a.length < 0 or a.n < 1 or a.top_k < 0:
+        raise UserError(f"--length and --top-k must be >= 0 and --n >= 1, got {a.length}, {a.top_k} and {a.n}")
+    check_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = resolve(a.model, Path(tmp), a.params)
         sp = SampleParams(length=a.length, temperature=a.temperature, top_k=a.top_k, prime=a.prime, seed=a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little"), n=a.n)

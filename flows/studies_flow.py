@@ -5,7 +5,9 @@ DVC stage (studies/dvc.yaml), then the review page; tables and plots land in rep
     python -m flows.studies_flow --preset full            # all studies, the GPU-sized preset
 
 A Markdown artifact per study carries its main table into the Prefect UI; every study logs
-to its own MLflow experiment (study-<name>).
+to its own MLflow experiment (study-<name>). The flow prepares no data: the studies that
+read a corpus (bptt, variants, variants_full_jsb, generators, tasks) need its stages run
+first (`dvc repro onehot@<corpus>`), and say so in one line otherwise.
 """
 from __future__ import annotations
 
@@ -15,9 +17,25 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-STUDIES = ("hello", "vanishing", "bptt", "variants", "generators", "captioning", "tasks")
-TABLES = {"hello": "probabilities.md", "vanishing": "adding.md", "bptt": "tradeoff.md", "variants": "summary_jsb.md",
-          "generators": "models.md", "captioning": "metrics.md", "tasks": "forecast.md"}
+from pipeline.errors import UserError, cli
+
+# name -> (module in studies/, its params overrides, report folder, main table), as in studies/dvc.yaml
+SPECS = {
+    "hello": ("hello", {}, "hello", "probabilities.md"),
+    "vanishing": ("vanishing", {}, "vanishing", "adding.md"),
+    "bptt": ("bptt", {}, "bptt", "tradeoff.md"),
+    "variants": ("variants", {}, "variants", "summary_jsb.md"),
+    "variants_full_jsb": ("variants", {"studies.preset": "full", "studies.variants.tasks": ["jsb"],
+                                       "studies.variants.variants": ["V", "GRU", "RNN"]}, "variants_full", "summary_jsb.md"),
+    "generators": ("generators", {}, "generators", "models.md"),
+    "captioning": ("captioning", {}, "captioning", "metrics.md"),
+    "tasks": ("tasks", {}, "tasks", "forecast.md"),
+}
+STUDIES = tuple(SPECS)
+
+
+def study_overrides(name: str, preset: str | None) -> dict:
+    return {**({"studies.preset": preset} if preset else {}), **SPECS[name][1]}
 
 
 @task
@@ -26,11 +44,12 @@ def run_study(name: str, preset: str | None, params_path: str) -> str:
 
     from pipeline.config import load_params
 
-    params = load_params(params_path, {"studies.preset": preset} if preset else None)
-    importlib.import_module(f"studies.{name}").run(params)
-    table = Path("reports") / name / TABLES[name]
+    module, _, folder, table_name = SPECS[name]
+    out = Path("reports") / folder
+    importlib.import_module(f"studies.{module}").run(load_params(params_path, study_overrides(name, preset)), out)
+    table = out / table_name
     text = table.read_text() if table.is_file() else "(no table)"
-    create_markdown_artifact(f"# Study: {name}\n\n{text}\n", key=f"study-{name}", description=f"The {name} study's table")
+    create_markdown_artifact(f"# Study: {name}\n\n{text}\n", key=f"study-{name.replace('_', '-')}", description=f"The {name} study's table")
     return text
 
 
@@ -44,25 +63,38 @@ def review() -> str:
     return str(OUT)
 
 
+def check(studies: list[str], preset: str | None, params_path: str) -> None:
+    """Unknown studies, a preset that params.yaml lacks, bad params: one line before any work."""
+    from pipeline.config import load_params
+    from studies.common import preset_section
+
+    unknown = [s for s in studies if s not in SPECS]
+    if unknown:
+        raise UserError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+    params = load_params(params_path, {"studies.preset": preset} if preset else None)
+    preset_section(params, "hello")  # checks studies.preset against studies.presets
+
+
 @flow(name="rnn-studies", log_prints=True)
 def studies_flow(studies: list[str] | None = None, preset: str | None = None, params_path: str = "params.yaml") -> list[str]:
     chosen = list(studies or STUDIES)
-    unknown = [s for s in chosen if s not in STUDIES]
-    if unknown:
-        raise ValueError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
+    check(chosen, preset, params_path)
     for name in chosen:
         run_study(name, preset, params_path)
-    if set(chosen) == set(STUDIES) or all((Path("reports") / s / "result.json").is_file() for s in STUDIES):
+    if set(chosen) == set(STUDIES) or all((Path("reports") / SPECS[s][2] / "result.json").is_file() for s in STUDIES):
         review()
     return chosen
 
 
+@cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", action="append", choices=STUDIES, help="repeatable; default all")
     ap.add_argument("--preset", default=None, help="studies preset, e.g. full")
+    ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
-    studies_flow(a.study, a.preset)
+    check(a.study or list(STUDIES), a.preset, a.params)
+    studies_flow(a.study, a.preset, a.params)
 
 
 if __name__ == "__main__":

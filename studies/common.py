@@ -10,19 +10,30 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.config import Params, build
+from pipeline.errors import UserError
 
 REPORTS = Path("reports")
 
 
-def study_params(params: Params, name: str, cls):
-    """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`."""
+def preset_section(params: Params, name: str) -> dict:
+    """params.yaml `studies.<name>` with `studies.preset` overlaid, as a mapping; an unknown preset
+    is a UserError (a typo would otherwise run the default sizes)."""
     studies = params.raw.get("studies") or {}
     raw = dict(studies.get(name) or {})
     preset = studies.get("preset", "default")
     if preset != "default":
-        over = ((studies.get("presets") or {}).get(preset) or {}).get(name) or {}
-        raw.update(over)
-    return build(cls, raw, f"studies.{name}")
+        presets = studies.get("presets") or {}
+        if preset not in presets:
+            raise UserError(
+                f"studies.preset: unknown preset {preset!r}; choose default or one of studies.presets ({', '.join(presets) or 'none'})"
+            )
+        raw.update((presets[preset] or {}).get(name) or {})
+    return raw
+
+
+def study_params(params: Params, name: str, cls):
+    """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`."""
+    return build(cls, preset_section(params, name), f"studies.{name}")
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, floatfmt: str = ".4g") -> Path:

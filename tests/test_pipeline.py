@@ -88,7 +88,16 @@ def test_sample_from_registered_model_and_checkpoint(repro):
     e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--prime", "Zebra#", cwd=proj, env=env))
     assert "missing from the vocabulary" in e and "'#'" in e
     e = one_line_error(run_module("flows.sample", "--model", "models:/charlm-nosuch/1", cwd=proj, env=env))
-    assert "charlm-nosuch" in e
+    assert "charlm-nosuch" in e and env["MLFLOW_TRACKING_URI"] in e  # names the store it looked in
+    e = one_line_error(run_module("flows.sample", "--model", "params.yaml", cwd=proj, env=env))
+    assert "params.yaml: not a PyTorch checkpoint" in e
+    e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--top-k", "-3", cwd=proj, env=env))
+    assert "--top-k must be >= 0" in e and "-3" in e
+    import torch
+
+    if not torch.cuda.is_available():
+        e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--device", "cuda", cwd=proj, env=env))
+        assert "no CUDA device" in e and "--device cpu" in e
     # the store named only by params.yaml's tracking.uri, as pipeline.train found it
     import yaml
 
@@ -100,7 +109,10 @@ def test_sample_from_registered_model_and_checkpoint(repro):
     elsewhere = proj.parent / "elsewhere"  # run from another folder: ./mlflow.db is not the store
     elsewhere.mkdir(exist_ok=True)
     e = one_line_error(run_module(*args, "--params", "no-such.yaml", cwd=elsewhere, env=no_env))
-    assert "charlm-tiny" in e
+    assert "--params no-such.yaml: not found" in e
+    e = one_line_error(run_module(*args, cwd=elsewhere, env=no_env))  # no params.yaml here, no store here
+    assert f"no MLflow store at {elsewhere.resolve() / 'mlflow.db'}" in e
+    assert not (elsewhere / "mlflow.db").exists()  # none made on the way
     p = run_module(*args, "--params", proj / "tracking-params.yaml", cwd=elsewhere, env=no_env)
     assert p.returncode == 0 and p.stdout.startswith("JULIET:"), p.stderr[-2000:]
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import PY, ROOT, dvc
+from tests.conftest import PY, ROOT, dvc, run_module
 from tests.pipeline_project import tiny_project
 
 
@@ -78,3 +78,56 @@ def test_studies_flow_runs_the_studies_as_tasks_and_publishes_their_tables(tmp_p
     client = mlflow.MlflowClient(p["tracking"]["uri"])
     for study in ("hello", "captioning"):
         assert client.search_runs([client.get_experiment_by_name(f"study-{study}").experiment_id])
+
+
+def test_flow_retries_a_download_only_when_the_failure_may_pass(tmp_path, prefect_api, http_server):
+    """Against a real API server: a 404 (the user's to fix) fails the flow at once, in one line,
+    exit 2; a server that stays down (the stage's exit 75) is retried by the flow's task, three
+    times, then exit 75."""
+    import yaml
+
+    url, www, srv = http_server
+    proj, env = tiny_project(tmp_path)
+    env.pop("CORPUS_MIRROR")
+    e = dict(env, PREFECT_API_URL=prefect_api, FLOW_RETRY_BACKOFF_S="0.05", DOWNLOAD_BACKOFF_S="0.05")
+    p = yaml.safe_load((proj / "params.yaml").read_text())
+    p["data"]["retries"] = 1
+    for path, code, requests in (("missing.txt", 2, 1), ("busy/tiny.txt", 75, 4)):
+        p["corpora"]["tiny"]["url"] = f"{url}/{path}"
+        (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        srv.requests.clear()
+        r = run_module("flows.pipeline_flow", "--corpus", "tiny", cwd=proj, env=e)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == code, r.stderr[-3000:]
+        assert last.startswith("error: ") and f"(dvc repro download@tiny, stage exit {code})" in last, last
+        assert len(srv.requests) == requests, srv.requests
+    assert not (proj / "data/raw/tiny").exists() and not (proj / "outputs").exists()
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_with_its_schedules_and_limits(tmp_path, prefect_api, monkeypatch):
+    """`prefect deploy --all` of the project's prefect.yaml, as its header says, on a real API server."""
+    import asyncio
+
+    e = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
+    prefect = str(Path(PY).parent / "prefect")
+    for cmd in (["work-pool", "create", "charlm-pool", "--type", "process", "--overwrite"], ["--no-prompt", "deploy", "--all"]):
+        r = subprocess.run([prefect, *cmd], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    async def read():
+        from prefect.client.orchestration import PrefectClient
+
+        async with PrefectClient(prefect_api) as c:
+            return {n: await c.read_deployment_by_name(f"charlm-pipeline/{n}") for n in ("charlm-nightly", "charlm-gru-weekly")}
+
+    deps = asyncio.run(read())
+    nightly, gru = deps["charlm-nightly"], deps["charlm-gru-weekly"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"] and [s.schedule.cron for s in gru.schedules] == ["0 4 * * 0"]
+    assert all(d.work_pool_name == "charlm-pool" and d.global_concurrency_limit.limit == 1 for d in deps.values())
+    assert gru.parameters["overrides"] == {"train.cell": "gru", "tracking.register": False}
+    # the flow accepts what the deployments pass it
+    from flows.pipeline_flow import flow_params
+
+    monkeypatch.chdir(ROOT)
+    for d in deps.values():
+        assert flow_params("params.yaml", d.parameters.get("preset"), d.parameters["overrides"]).corpus(d.parameters["corpus"])

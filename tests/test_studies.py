@@ -156,6 +156,14 @@ def test_study_params_are_validated(tmp_path):
         run_module("studies.vanishing", "--params", str(_params_file(tmp_path, "vanishing", {"cells": ["lstmm"]}))))
     assert "studies.hello.speed: unknown key" in one_line_error(
         run_module("studies.hello", "--params", str(_params_file(tmp_path, "hello", {"speed": 1}))))
+    import yaml
+
+    f = _params_file(tmp_path, "hello", {})
+    raw = yaml.safe_load(f.read_text())
+    raw["studies"]["preset"] = "fulll"
+    f.write_text(yaml.safe_dump(raw))
+    e = one_line_error(run_module("studies.hello", "--params", str(f)))
+    assert "studies.preset: unknown preset 'fulll'" in e and "full" in e  # a typo would otherwise run the default sizes
 
 
 def _params_file(tmp_path, study, values):

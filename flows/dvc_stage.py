@@ -1,0 +1,66 @@
+"""`dvc repro` from a flow task: its failure as one line, and whether retrying may help.
+
+A stage's module prints `error: <problem; fix>` and exits 2 when the user must fix
+something (params, data), or 75 (EX_TEMPFAIL) when a transient failure (the network, a
+busy server) outlasted its own retries. DVC adds `ERROR: failed to reproduce '<stage>':
+failed to run: <cmd>, exited with <code>`. The flow retries a task only for the second kind
+(and for DVC's lock held by another process); retrying a typo only delays its message.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.errors import TransientFailure, UserError
+
+_EXITED = re.compile(r"exited with (-?\d+)")
+
+
+class DvcFailed(UserError):
+    """`dvc <args>` failed; `retryable` says whether running it again later may succeed."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+        self.exit_code = TransientFailure.exit_code if retryable else UserError.exit_code
+
+
+def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "") -> DvcFailed:
+    """The one-line DvcFailed for a failed `dvc <args>` run: the stage's own `error:` line if it
+    printed one, else DVC's `ERROR` line, else the last line of output."""
+    lines = [l.strip() for l in (stderr + "\n" + stdout).splitlines() if l.strip()]
+    stage = [l for l in lines if l.startswith("error: ")]
+    dvc = [l for l in lines if l.startswith("ERROR")]
+    code = next((int(m.group(1)) for l in reversed(dvc) if (m := _EXITED.search(l))), None)
+    if stage:
+        what = stage[-1][len("error: "):]
+    elif dvc:
+        what = dvc[-1].removeprefix("ERROR:").strip()
+    else:
+        what = lines[-1] if lines else f"exit code {returncode}"
+    retryable = code == TransientFailure.exit_code or any("Unable to acquire lock" in l for l in dvc)
+    where = f"dvc {' '.join(args)}" + (f", stage exit {code}" if code is not None else "")
+    return DvcFailed(f"{what} ({where})", retryable)
+
+
+def run_dvc(*args: str) -> str:
+    """Run `dvc <args>` here (the project root); stdout, or raise DvcFailed."""
+    exe = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    p = subprocess.run([exe, *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise failure(args, p.returncode, p.stderr, p.stdout)
+    return p.stdout
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only a failure that may pass by itself."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # the result is not at hand: keep the retry policy
+            return True
+    return not isinstance(exc, UserError) or getattr(exc, "retryable", False)

@@ -1,0 +1,139 @@
+"""The flows' checks: what the flow cannot honour is refused in one line before any work, and a
+failed DVC stage becomes one line that says whether a retry may help."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, one_line_error, run_module
+from tests.pipeline_project import tiny_project
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    p, env = tiny_project(tmp_path_factory.mktemp("flowchecks"))
+    return p, env
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--set", "tokenize.max_vocab=10"], "overrides tokenize.max_vocab: the flow prepares data with `dvc repro`"),
+        (["--set", "corpora.tiny.url=https://example.invalid/x"], "change them there"),
+        (["--corpus", "nosuch"], "unknown corpus 'nosuch'"),
+        (["--set", "train.hiden=3"], "train.hiden"),
+        (["--set", "novalue"], "expected section.key=value"),
+        (["--params", "absent.yaml"], "absent.yaml: not found"),
+    ],
+)
+def test_pipeline_flow_refuses_before_any_work(proj, args, expect):
+    p, env = proj
+    r = run_module("flows.pipeline_flow", "--corpus", "tiny", *args, cwd=p, env=env, timeout=120)
+    assert r.returncode == 2 and expect in one_line_error(r), r.stderr[-2000:]
+    assert not (p / "data").exists() and not (p / "outputs").exists()  # nothing ran
+
+
+def test_flow_params_file_must_agree_with_params_yaml_on_the_data(proj, monkeypatch):
+    from flows.pipeline_flow import flow_params
+    from pipeline.errors import UserError
+
+    p, _ = proj
+    monkeypatch.chdir(p)
+    raw = yaml.safe_load((p / "params.yaml").read_text())
+    raw["train"]["hidden"] = 48  # a model setting: the flow's to choose
+    (p / "wider.yaml").write_text(yaml.safe_dump(raw))
+    assert flow_params("wider.yaml", None, None).train.hidden == 48
+    raw["onehot"]["train_frac"] = 0.5  # a data setting: dvc repro would not see it
+    (p / "split.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=r"split\.yaml: onehot differ from params\.yaml"):
+        flow_params("split.yaml", None, None)
+
+
+def test_check_refuses_a_music_corpus_and_a_missing_gpu():
+    import torch
+
+    from flows.pipeline_flow import check
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(UserError, match="'jsb_chorales' is music.*choose one of tinyshakespeare"):
+        check("jsb_chorales", params)
+    check("tinyshakespeare", params)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            check("tinyshakespeare", load_params(ROOT / "params.yaml", {"preset": "gpu"}))
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--cron", "0 3 * *"], "--cron '0 3 * *': not a cron schedule"),
+        (["--limit", "0"], "--limit must be >= 1"),
+        (["--set", "foo"], "expected section.key=value"),
+        (["--corpus", "nosuch"], "unknown corpus 'nosuch'"),
+        (["--set", "data.retries=1"], "overrides data.retries"),
+    ],
+)
+def test_serve_refuses_before_registering(proj, args, expect):
+    p, env = proj
+    # no Prefect API anywhere: a check that came too late would fail otherwise
+    r = run_module("flows.serve", *args, cwd=p, env=dict(env, PREFECT_API_URL="http://127.0.0.1:9/api"), timeout=120)
+    assert r.returncode == 2 and expect in one_line_error(r), r.stderr[-2000:]
+
+
+def test_artifact_keys_are_what_prefect_accepts():
+    from flows.pipeline_flow import artifact_key
+
+    assert artifact_key("metrics", "Tiny_Shakespeare.v2") == "metrics-tiny-shakespeare-v2"
+    assert artifact_key("samples", "linux") == "samples-linux"
+
+
+def test_dvc_failure_is_one_line_and_says_whether_to_retry():
+    from flows.dvc_stage import failure
+
+    stage = "error: HTTP 404 (Not Found) for http://127.0.0.1:1/x.txt; check the corpus url in params.yaml\n"
+    dvc = "ERROR: failed to reproduce 'download@t': failed to run: python -m pipeline.download t, exited with {}\n"
+    f = failure(("repro", "download@t"), 255, stage + dvc.format(2), "Running stage 'download@t':\n")
+    assert str(f) == "HTTP 404 (Not Found) for http://127.0.0.1:1/x.txt; check the corpus url in params.yaml (dvc repro download@t, stage exit 2)"
+    assert not f.retryable and f.exit_code == 2
+    f = failure(("repro", "download@t"), 255, "error: download of u failed 5 times\n" + dvc.format(75))
+    assert f.retryable and f.exit_code == 75
+    f = failure(("repro", "x"), 255, "ERROR: Unable to acquire lock. Most likely another DVC process is running\n")
+    assert f.retryable and str(f).startswith("Unable to acquire lock")
+    f = failure(("repro", "x"), 255, "Traceback (most recent call last):\nKeyError: 'x'\n" + dvc.format(1))
+    assert not f.retryable and "exited with 1" in str(f)  # a crash: DVC's line, not the traceback's middle
+    assert str(failure(("repro",), 1, "", "")) == "exit code 1 (dvc repro)"
+
+
+def test_studies_flow_runs_what_studies_dvc_yaml_runs():
+    """Every study stage of studies/dvc.yaml is a study of the flow, with the same module,
+    overrides and report folder."""
+    import shlex
+
+    from flows.studies_flow import SPECS
+    from pipeline.config import parse_sets
+
+    stages = yaml.safe_load((ROOT / "studies/dvc.yaml").read_text())["stages"]
+    assert set(SPECS) == set(stages) - {"review"}
+    for name, (module, overrides, folder, _) in SPECS.items():
+        argv = shlex.split(stages[name]["cmd"])
+        assert argv[:3] == ["python", "-m", f"studies.{module}"], name
+        sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+        assert parse_sets(sets) == overrides, name
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[name]["outs"]]
+        assert outs == [f"reports/{folder}"], name
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--preset", "fulll"], "studies.preset: unknown preset 'fulll'; choose default or one of studies.presets (full)"),
+        (["--params", "absent.yaml"], "absent.yaml: not found"),
+    ],
+)
+def test_studies_flow_refuses_before_any_work(tmp_path, args, expect):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    r = run_module("flows.studies_flow", "--study", "hello", *args, cwd=tmp_path, env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=120)
+    assert r.returncode == 2 and expect in one_line_error(r), r.stderr[-2000:]
+    assert not (tmp_path / "reports").exists()
