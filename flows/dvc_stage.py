@@ -22,10 +22,13 @@ _EXITED = re.compile(r"exited with (-?\d+)")
 class DvcFailed(UserError):
     """`dvc <args>` failed; `retryable` says whether running it again later may succeed."""
 
-    def __init__(self, message: str, retryable: bool):
+    def __init__(self, message: str, retryable: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.exit_code = TransientFailure.exit_code if retryable else UserError.exit_code
+
+    def __reduce__(self):  # Prefect persists a failed run's exception: keep `retryable` through pickle
+        return (type(self), (str(self), self.retryable))
 
 
 def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "") -> DvcFailed:
@@ -49,7 +52,10 @@ def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "
 def run_dvc(*args: str) -> str:
     """Run `dvc <args>` here (the project root); stdout, or raise DvcFailed."""
     exe = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-    p = subprocess.run([exe, *args], capture_output=True, text=True)
+    try:
+        p = subprocess.run([exe, *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise DvcFailed("dvc: not found on PATH nor beside this Python; install the project (make setup) or activate its venv") from None
     if p.returncode != 0:
         raise failure(args, p.returncode, p.stderr, p.stdout)
     return p.stdout

@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.console import quiet_user_errors
 from flows.dvc_stage import retry_transient, run_dvc
 from pipeline.errors import UserError, cli
 
@@ -48,8 +49,10 @@ def flow_params(params_path: str, preset: str | None, overrides: dict[str, Any] 
         o["preset"] = preset
     params = load_params(params_path, o)
     if Path(params_path).resolve() != Path(PARAMS).resolve():
-        project = load_params(PARAMS).raw
-        differ = [s for s in DATA_SECTIONS if params.raw.get(s) != project.get(s)]
+        if not Path(PARAMS).is_file():
+            raise UserError(f"{PARAMS}: not found here; the flow prepares data with `dvc repro`, which reads it: run from the project root")
+        project = load_params(PARAMS)
+        differ = [s for s in DATA_SECTIONS if getattr(params, s) != getattr(project, s)]  # as parsed: defaults count
         if differ:
             raise UserError(
                 f"{params_path}: {', '.join(differ)} differ from {PARAMS}, which `dvc repro` prepares the data with; "
@@ -155,6 +158,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     overrides = parse_sets(a.set)
     check(a.corpus, flow_params(a.params, a.preset, overrides))  # one line now, not after the flow's start-up
+    quiet_user_errors()
     charlm_pipeline(a.corpus, a.preset, overrides, a.params)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.console import quiet_user_errors
 from pipeline.errors import UserError, cli
 
 # name -> (module in studies/, its params overrides, report folder, main table), as in studies/dvc.yaml
@@ -64,15 +65,20 @@ def review() -> str:
 
 
 def check(studies: list[str], preset: str | None, params_path: str) -> None:
-    """Unknown studies, a preset that params.yaml lacks, bad params: one line before any work."""
+    """Unknown studies, a preset that params.yaml lacks, a study's bad settings: one line before
+    any work (what a study checks only as it runs, against its data, comes later)."""
+    import importlib
+
     from pipeline.config import load_params
-    from studies.common import preset_section
+    from studies.common import study_params
 
     unknown = [s for s in studies if s not in SPECS]
     if unknown:
         raise UserError(f"unknown studies {unknown}; choose from {', '.join(STUDIES)}")
-    params = load_params(params_path, {"studies.preset": preset} if preset else None)
-    preset_section(params, "hello")  # checks studies.preset against studies.presets
+    for name in studies:
+        module = SPECS[name][0]
+        cls = getattr(importlib.import_module(f"studies.{module}"), f"{module.capitalize()}Params")
+        study_params(load_params(params_path, study_overrides(name, preset)), module, cls)
 
 
 @flow(name="rnn-studies", log_prints=True)
@@ -94,6 +100,7 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     check(a.study or list(STUDIES), a.preset, a.params)
+    quiet_user_errors()
     studies_flow(a.study, a.preset, a.params)
 
 

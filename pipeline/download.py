@@ -289,7 +289,7 @@ def download(name: str, params: Params, raw_dir: Path = RAW, cache: Path = DOWNL
                 if mirror is not None:
                     raise UnreadableArchive(f"{e}; replace the mirror copy with the file named in params.yaml") from None
                 forget(src)  # a cached download: the next run fetches it anew
-                raise UnreadableArchive(f"{e}; the cached download was deleted: run again to fetch it anew") from None
+                raise TransientFailure(f"{e}; the cached download was deleted: run again to fetch it anew") from None
         else:
             shutil.copyfile(src, out)
         info = {

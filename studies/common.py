@@ -20,14 +20,16 @@ def preset_section(params: Params, name: str) -> dict:
     is a UserError (a typo would otherwise run the default sizes)."""
     studies = params.raw.get("studies") or {}
     raw = dict(studies.get(name) or {})
-    preset = studies.get("preset", "default")
+    preset = studies.get("preset") or "default"
     if preset != "default":
         presets = studies.get("presets") or {}
-        if preset not in presets:
-            raise UserError(
-                f"studies.preset: unknown preset {preset!r}; choose default or one of studies.presets ({', '.join(presets) or 'none'})"
-            )
-        raw.update((presets[preset] or {}).get(name) or {})
+        if not isinstance(presets, dict) or not isinstance(preset, str) or preset not in presets:
+            names = ", ".join(map(str, presets)) if isinstance(presets, dict) else "none"
+            raise UserError(f"studies.preset: unknown preset {preset!r}; choose default or one of studies.presets ({names or 'none'})")
+        over = presets[preset] or {}
+        if not isinstance(over, dict) or not isinstance(over.get(name) or {}, dict):
+            raise UserError(f"studies.presets.{preset}: must map study names to their settings, e.g. {{{name}: {{...}}}}")
+        raw.update(over.get(name) or {})
     return raw
 
 

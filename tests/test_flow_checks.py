@@ -41,6 +41,7 @@ def test_flow_params_file_must_agree_with_params_yaml_on_the_data(proj, monkeypa
     monkeypatch.chdir(p)
     raw = yaml.safe_load((p / "params.yaml").read_text())
     raw["train"]["hidden"] = 48  # a model setting: the flow's to choose
+    del raw["data"]["timeout_s"]  # its default, as params.yaml sets it: the same data
     (p / "wider.yaml").write_text(yaml.safe_dump(raw))
     assert flow_params("wider.yaml", None, None).train.hidden == 48
     raw["onehot"]["train_frac"] = 0.5  # a data setting: dvc repro would not see it
@@ -85,6 +86,10 @@ def test_serve_refuses_before_registering(proj, args, expect):
 def test_artifact_keys_are_what_prefect_accepts():
     from flows.pipeline_flow import artifact_key
 
+    from prefect.types.names import raise_on_name_alphanumeric_dashes_only as prefect_check
+
+    for corpus in ("Tiny_Shakespeare.v2", "linux", "jsb_chorales", "__", "a--b"):
+        prefect_check(artifact_key("metrics", corpus))  # raises on a key Prefect would refuse
     assert artifact_key("metrics", "Tiny_Shakespeare.v2") == "metrics-tiny-shakespeare-v2"
     assert artifact_key("samples", "linux") == "samples-linux"
 
@@ -104,6 +109,10 @@ def test_dvc_failure_is_one_line_and_says_whether_to_retry():
     f = failure(("repro", "x"), 255, "Traceback (most recent call last):\nKeyError: 'x'\n" + dvc.format(1))
     assert not f.retryable and "exited with 1" in str(f)  # a crash: DVC's line, not the traceback's middle
     assert str(failure(("repro",), 1, "", "")) == "exit code 1 (dvc repro)"
+    import pickle
+
+    back = pickle.loads(pickle.dumps(failure(("repro", "download@t"), 255, "error: x\n" + dvc.format(75))))
+    assert back.retryable and back.exit_code == 75 and str(back) == "x (dvc repro download@t, stage exit 75)"  # as Prefect persists it
 
 
 def test_studies_flow_runs_what_studies_dvc_yaml_runs():
@@ -130,10 +139,29 @@ def test_studies_flow_runs_what_studies_dvc_yaml_runs():
     [
         (["--preset", "fulll"], "studies.preset: unknown preset 'fulll'; choose default or one of studies.presets (full)"),
         (["--params", "absent.yaml"], "absent.yaml: not found"),
+        (["--study", "bptt"], "studies.bptt.hiden: unknown key"),
     ],
 )
 def test_studies_flow_refuses_before_any_work(tmp_path, args, expect):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if "--study" in args:  # a later study's typo stops the flow before the first study runs
+        raw["studies"]["bptt"]["hiden"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     r = run_module("flows.studies_flow", "--study", "hello", *args, cwd=tmp_path, env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=120)
     assert r.returncode == 2 and expect in one_line_error(r), r.stderr[-2000:]
     assert not (tmp_path / "reports").exists()
+
+
+def test_studies_preset_null_is_default_and_a_malformed_presets_is_one_line():
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+    from studies.common import preset_section
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert preset_section(load_params(ROOT / "params.yaml", {"studies.preset": None}), "bptt") == raw["studies"]["bptt"]
+    full = preset_section(load_params(ROOT / "params.yaml", {"studies.preset": "full"}), "bptt")
+    assert full == {**raw["studies"]["bptt"], **raw["studies"]["presets"]["full"]["bptt"]}
+    with pytest.raises(UserError, match=r"unknown preset 'full'; choose default or one of studies.presets \(none\)"):
+        preset_section(load_params(ROOT / "params.yaml", {"studies.preset": "full", "studies.presets": ["full"]}), "bptt")
+    with pytest.raises(UserError, match=r"studies.presets.full: must map study names"):
+        preset_section(load_params(ROOT / "params.yaml", {"studies.preset": "full", "studies.presets.full": ["bptt"]}), "bptt")
