@@ -1,8 +1,9 @@
-"""Keep a UserError's traceback off the console of a flow run from the command line.
+"""Keep a UserError's traceback off the console of a flow run.
 
 Prefect logs a failed task or flow with its traceback (`logger.exception`). For a UserError
 (bad params, a failed stage whose own one-line error says what to fix) that buries the one
-line that matters, which the command prints last (`error: ...`). The records still reach the
+line that matters: the command prints it last (`error: ...`), and a served or worker run's
+state message carries it (`Flow run encountered an exception: ...`). The records still reach the
 Prefect API, so the UI keeps the whole story; only the console handlers drop them.
 """
 from __future__ import annotations

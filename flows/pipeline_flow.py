@@ -123,6 +123,7 @@ def charlm_pipeline(
 
     overrides: params as {"section.key": value}, e.g. {"train.cell": "gru", "train.max_steps": 300}.
     """
+    quiet_user_errors()  # here too, for runs that a served deployment or a worker starts
     logger = get_run_logger()
     params = flow_params(params_path, preset, overrides)
     check(corpus, params)  # fail before any work

@@ -83,6 +83,7 @@ def check(studies: list[str], preset: str | None, params_path: str) -> None:
 
 @flow(name="rnn-studies", log_prints=True)
 def studies_flow(studies: list[str] | None = None, preset: str | None = None, params_path: str = "params.yaml") -> list[str]:
+    quiet_user_errors()  # here too, for runs that a worker starts
     chosen = list(studies or STUDIES)
     check(chosen, preset, params_path)
     for name in chosen:

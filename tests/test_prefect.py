@@ -33,6 +33,14 @@ def test_served_deployment_runs_and_tracks(tmp_path, prefect_api):
                              env=e, capture_output=True, text=True, timeout=700)
         out = run.stdout + run.stderr
         assert run.returncode == 0 and "COMPLETED" in out.upper(), out[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
+        # a run whose parameters the flow refuses: failed, its one line in the log, no traceback of it
+        bad = subprocess.run([prefect, "deployment", "run", "charlm-pipeline/charlm-test", "--params", '{"overrides": {"tokenize.max_vocab": 3}}',
+                              "--watch", "--watch-timeout", "300"], env=e, capture_output=True, text=True, timeout=400)
+        assert "FAILED" in (bad.stdout + bad.stderr).upper(), bad.stdout[-2000:] + bad.stderr[-2000:]
+        log.flush()
+        served = (tmp_path / "serve.log").read_text()
+        assert "overrides tokenize.max_vocab: the flow prepares data with `dvc repro`" in served, served[-3000:]
+        assert "pipeline.errors.UserError" not in served, served[-3000:]
     finally:
         serve.terminate()
         try:
