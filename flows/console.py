@@ -3,8 +3,9 @@
 Prefect logs a failed task or flow with its traceback (`logger.exception`). For a UserError
 (bad params, a failed stage whose own one-line error says what to fix) that buries the one
 line that matters: the command prints it last (`error: ...`), and a served or worker run's
-state message carries it (`Flow run encountered an exception: ...`). The records still reach the
-Prefect API, so the UI keeps the whole story; only the console handlers drop them.
+state message carries it (`Flow run encountered an exception: ...`). Prefect's console
+handler prints such a record without its traceback; the record reaches the Prefect API first
+(the run loggers' own handler), so the UI keeps the whole story.
 """
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from pipeline.errors import UserError
 
 
 class DropUserErrorTracebacks(logging.Filter):
+    """Keeps the record, drops the traceback of a UserError from it."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, UserError)
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def quiet_user_errors() -> None:
-    """Add the filter to the root logger's handlers (Prefect's console handler lives there)."""
+    """Add the filter to Prefect's console handlers on the root logger (once each)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for h in logging.getLogger().handlers:
-        if not any(isinstance(f, DropUserErrorTracebacks) for f in h.filters):
+        if isinstance(h, PrefectConsoleHandler) and not any(isinstance(f, DropUserErrorTracebacks) for f in h.filters):
             h.addFilter(DropUserErrorTracebacks())

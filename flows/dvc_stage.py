@@ -31,13 +31,24 @@ class DvcFailed(UserError):
         return (type(self), (str(self), self.retryable))
 
 
-def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "") -> DvcFailed:
-    """The one-line DvcFailed for a failed `dvc <args>` run: the stage's own `error:` line if it
-    printed one, else DVC's `ERROR` line, else the last line of output."""
+class DvcCrashed(RuntimeError):
+    """A stage died of a bug (a traceback, no `error:` line): not the user's input, not retried."""
+
+    retryable = False
+
+
+def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "") -> Exception:
+    """The exception for a failed `dvc <args>` run. A DvcFailed (one line) when the stage said
+    what is wrong (`error: ...`, exit 2 or 75) or DVC did (its `ERROR` line, the stage exit code
+    unknown); a DvcCrashed that keeps the end of stderr (the traceback) when the stage crashed."""
     lines = [l.strip() for l in (stderr + "\n" + stdout).splitlines() if l.strip()]
     stage = [l for l in lines if l.startswith("error: ")]
     dvc = [l for l in lines if l.startswith("ERROR")]
     code = next((int(m.group(1)) for l in reversed(dvc) if (m := _EXITED.search(l))), None)
+    where = f"dvc {' '.join(args)}" + (f", stage exit {code}" if code is not None else "")
+    if code is not None and not stage and code not in (UserError.exit_code, TransientFailure.exit_code):
+        tail = "\n".join(stderr.rstrip().splitlines()[-40:])
+        return DvcCrashed(f"{where}: the stage crashed; its output ends:\n{tail}")
     if stage:
         what = stage[-1][len("error: "):]
     elif dvc:
@@ -45,12 +56,11 @@ def failure(args: tuple[str, ...], returncode: int, stderr: str, stdout: str = "
     else:
         what = lines[-1] if lines else f"exit code {returncode}"
     retryable = code == TransientFailure.exit_code or any("Unable to acquire lock" in l for l in dvc)
-    where = f"dvc {' '.join(args)}" + (f", stage exit {code}" if code is not None else "")
     return DvcFailed(f"{what} ({where})", retryable)
 
 
 def run_dvc(*args: str) -> str:
-    """Run `dvc <args>` here (the project root); stdout, or raise DvcFailed."""
+    """Run `dvc <args>` here (the project root); stdout, or raise DvcFailed / DvcCrashed."""
     exe = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
     try:
         p = subprocess.run([exe, *args], capture_output=True, text=True)
@@ -69,4 +79,4 @@ def retry_transient(task, task_run, state) -> bool:
             exc = state.result(raise_on_failure=False)
         except Exception:  # the result is not at hand: keep the retry policy
             return True
-    return not isinstance(exc, UserError) or getattr(exc, "retryable", False)
+    return getattr(exc, "retryable", not isinstance(exc, UserError))  # other surprises (an OSError...) retry

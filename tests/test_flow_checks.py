@@ -95,7 +95,9 @@ def test_artifact_keys_are_what_prefect_accepts():
 
 
 def test_dvc_failure_is_one_line_and_says_whether_to_retry():
-    from flows.dvc_stage import failure
+    from prefect.states import Failed
+
+    from flows.dvc_stage import DvcCrashed, DvcFailed, failure, retry_transient
 
     stage = "error: HTTP 404 (Not Found) for http://127.0.0.1:1/x.txt; check the corpus url in params.yaml\n"
     dvc = "ERROR: failed to reproduce 'download@t': failed to run: python -m pipeline.download t, exited with {}\n"
@@ -106,13 +108,17 @@ def test_dvc_failure_is_one_line_and_says_whether_to_retry():
     assert f.retryable and f.exit_code == 75
     f = failure(("repro", "x"), 255, "ERROR: Unable to acquire lock. Most likely another DVC process is running\n")
     assert f.retryable and str(f).startswith("Unable to acquire lock")
-    f = failure(("repro", "x"), 255, "Traceback (most recent call last):\nKeyError: 'x'\n" + dvc.format(1))
-    assert not f.retryable and "exited with 1" in str(f)  # a crash: DVC's line, not the traceback's middle
+    f = failure(("repro", "x"), 255, "Traceback (most recent call last):\n  File \"x.py\"\nKeyError: 'x'\n" + dvc.format(1))
+    assert isinstance(f, DvcCrashed) and not f.retryable  # a bug: its traceback kept, not a user's one line
+    assert "stage crashed" in str(f) and "KeyError: 'x'" in str(f) and 'File "x.py"' in str(f)
     assert str(failure(("repro",), 1, "", "")) == "exit code 1 (dvc repro)"
     import pickle
 
     back = pickle.loads(pickle.dumps(failure(("repro", "download@t"), 255, "error: x\n" + dvc.format(75))))
     assert back.retryable and back.exit_code == 75 and str(back) == "x (dvc repro download@t, stage exit 75)"  # as Prefect persists it
+    # the download task's retry condition, on Prefect's own Failed states
+    for exc, retry in ((DvcFailed("a", True), True), (DvcFailed("b"), False), (DvcCrashed("c"), False), (OSError("d"), True)):
+        assert retry_transient(None, None, Failed(data=exc)) is retry, exc
 
 
 def test_studies_flow_runs_what_studies_dvc_yaml_runs():
