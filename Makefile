@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/train_step.py
 	$(PY) bench/cell_speed.py
 	$(PY) bench/sample_speed.py
+	$(PY) bench/overheads.py
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
