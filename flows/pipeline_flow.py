@@ -123,7 +123,7 @@ def charlm_pipeline(
 
     overrides: params as {"section.key": value}, e.g. {"train.cell": "gru", "train.max_steps": 300}.
     """
-    quiet_user_errors()  # here too, for runs that a served deployment or a worker starts
+    quiet_user_errors()  # in the process that runs the flow: here, a served deployment's or a worker's
     logger = get_run_logger()
     params = flow_params(params_path, preset, overrides)
     check(corpus, params)  # fail before any work
@@ -159,7 +159,6 @@ def main(argv=None):
     a = ap.parse_args(argv)
     overrides = parse_sets(a.set)
     check(a.corpus, flow_params(a.params, a.preset, overrides))  # one line now, not after the flow's start-up
-    quiet_user_errors()
     charlm_pipeline(a.corpus, a.preset, overrides, a.params)
 
 

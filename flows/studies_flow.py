@@ -18,6 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.console import quiet_user_errors
+from flows.pipeline_flow import artifact_key
 from pipeline.errors import UserError, cli
 
 # name -> (module in studies/, its params overrides, report folder, main table), as in studies/dvc.yaml
@@ -50,7 +51,7 @@ def run_study(name: str, preset: str | None, params_path: str) -> str:
     importlib.import_module(f"studies.{module}").run(load_params(params_path, study_overrides(name, preset)), out)
     table = out / table_name
     text = table.read_text() if table.is_file() else "(no table)"
-    create_markdown_artifact(f"# Study: {name}\n\n{text}\n", key=f"study-{name.replace('_', '-')}", description=f"The {name} study's table")
+    create_markdown_artifact(f"# Study: {name}\n\n{text}\n", key=artifact_key("study", name), description=f"The {name} study's table")
     return text
 
 
@@ -83,7 +84,7 @@ def check(studies: list[str], preset: str | None, params_path: str) -> None:
 
 @flow(name="rnn-studies", log_prints=True)
 def studies_flow(studies: list[str] | None = None, preset: str | None = None, params_path: str = "params.yaml") -> list[str]:
-    quiet_user_errors()  # here too, for runs that a worker starts
+    quiet_user_errors()  # in the process that runs the flow: here, or a worker's
     chosen = list(studies or STUDIES)
     check(chosen, preset, params_path)
     for name in chosen:
@@ -101,7 +102,6 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     check(a.study or list(STUDIES), a.preset, a.params)
-    quiet_user_errors()
     studies_flow(a.study, a.preset, a.params)
 
 

@@ -111,6 +111,11 @@ def _get_once(url: str, part: Path, timeout: float) -> None:
             raise TransientError(f"transfer cut after {start + got} of {start + expected} bytes")
 
 
+def part_file(dest: Path) -> Path:
+    """The partial transfer of a cached download, resumed by the next attempt."""
+    return dest.with_name(dest.name + ".part")
+
+
 def url_record(dest: Path) -> Path:
     """The file beside a cached download that names the URL its bytes (and its .part) came from."""
     return dest.with_name(dest.name + ".url")
@@ -118,7 +123,7 @@ def url_record(dest: Path) -> Path:
 
 def forget(dest: Path) -> None:
     """Drop a cached download, its partial transfer and its URL record."""
-    for p in (dest, dest.with_name(dest.name + ".part"), url_record(dest)):
+    for p in (dest, part_file(dest), url_record(dest)):
         p.unlink(missing_ok=True)
 
 
@@ -134,7 +139,7 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
         with atomic_path(record) as tmp:
             tmp.write_text(url + "\n", encoding="utf-8")
     if cached_url != url:
-        if dest.exists() or dest.with_name(dest.name + ".part").exists():
+        if dest.exists() or part_file(dest).exists():
             print(f"download {url}: the cached {dest} came from {cached_url or 'an unknown URL'}; fetching anew", file=sys.stderr)
         forget(dest)
     elif dest.exists() and (sha256 is None or sha256_file(dest) == sha256):
@@ -142,7 +147,7 @@ def fetch(url: str, dest: Path, sha256: str | None, retries: int = 5, timeout: f
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(record) as tmp:
         tmp.write_text(url + "\n", encoding="utf-8")
-    part = dest.with_name(dest.name + ".part")
+    part = part_file(dest)
     last = None
     for attempt in range(retries):
         try:

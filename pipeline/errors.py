@@ -34,9 +34,9 @@ def _on_sigterm(signum, frame):
 
 
 def cli(main):
-    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits 2 (75 for a
-    TransientFailure), and
-    Ctrl-C or SIGTERM print one line and exit 130 or 143 after the cleanup has run."""
+    """Wrap a `main(argv)` so a UserError prints `error: ...` on one line and exits with its
+    `exit_code` (2; 75 for a TransientFailure), and Ctrl-C or SIGTERM print one line and exit
+    130 or 143 after the cleanup has run."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
