@@ -11,6 +11,7 @@ from lightning_modules.module import CharLM
 from lightning_modules.train import fit
 from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError
+from tests.fakeclock import install
 from tests.test_budget import BUDGET, _budget
 
 LR, M, W, S = 2e-3, 0.1, 10, 110
@@ -74,10 +75,11 @@ def test_an_explicit_override_wins_over_the_preset():
     assert (t.hidden, t.layers, t.precision) == (gpu.hidden, gpu.layers, gpu.precision) == (512, 3, "bf16-mixed")
 
 
-def test_time_budget_with_warmup_stable_decay(corpus, tmp_path):
+def test_time_budget_with_warmup_stable_decay(corpus, tmp_path, monkeypatch):
+    install(monkeypatch, 1 / 64)  # an exact clock (tests/fakeclock.py): 3 s = 192 steps
     r = fit(dict(BUDGET, max_seconds=3.0, decay_frac=0.25), corpus, tmp_path / "w")
     m, steps = r["module"], r["steps"]
-    assert steps == _budget(r["trainer"]).stop_step == m.schedule_steps
+    assert steps == 192 == _budget(r["trainer"]).stop_step == m.schedule_steps
     assert m.lr_at(steps // 2) == m.hparams.lr  # still held at half the budget
     assert m.lr_at(steps - 1) == pytest.approx(m.hparams.lr * m.hparams.min_lr_frac, rel=0.05)
 
