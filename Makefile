@@ -6,7 +6,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 CORPUS ?= tinyshakespeare
 
@@ -24,7 +23,7 @@ run: setup
 	dvc repro dvc.yaml
 	@echo; echo "== metrics"; dvc metrics show
 	@echo; echo "== sample (samples/$(CORPUS).txt)"; head -c 1200 samples/$(CORPUS).txt; echo
-	@echo; echo "Review the runs: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1  (then open http://127.0.0.1:5000)"
+	@echo; echo "Review the runs: make mlflow-ui  (the store: $$($(PY) -m pipeline.tracking))"
 
 test: setup
 	$(PY) -m pytest -q
@@ -39,8 +38,11 @@ bench: setup
 	$(PY) bench/sample_speed.py
 	$(PY) bench/overheads.py
 
+# the store the stages log to (MLFLOW_TRACKING_URI, else params.yaml's tracking.uri, else ./mlflow.db)
 mlflow-ui: setup
-	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	@uri=$$($(PY) -m pipeline.tracking) && case "$$uri" in \
+	  http://*|https://*) echo "the runs are on the tracking server $$uri: open it in a browser";; \
+	  *) echo "store: $$uri"; mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000;; esac
 
 clean:
 	rm -rf data/raw data/tokens data/onehot models metrics samples

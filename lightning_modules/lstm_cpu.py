@@ -275,8 +275,11 @@ def enabled() -> bool:
 
 def usable(x: Tensor, lay) -> bool:
     """Take the C path for this tensor and layout? float32 on the CPU, unless LSTM_CPU_KERNEL=0
-    or the kernel cannot be built."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and enabled() and library(lay) is not None
+    or the kernel cannot be built; never while torch.export or torch.compile traces (the C
+    call reads raw pointers, which a traced fake tensor has not; the torch ops compute the
+    same function, so the traced graph takes them)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and enabled() and not torch.compiler.is_compiling()
+            and library(lay) is not None)
 
 
 def _ptr(x: Tensor | None) -> int | None:

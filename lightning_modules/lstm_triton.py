@@ -50,8 +50,10 @@ def available() -> bool:
 
 
 def usable(x: Tensor) -> bool:
-    """Take the fused path for this tensor? CUDA with Triton, unless LSTM_TRITON=0."""
-    return x.is_cuda and triton is not None and os.environ.get("LSTM_TRITON", "1") != "0"
+    """Take the fused path for this tensor? CUDA with Triton, unless LSTM_TRITON=0; never while
+    torch.export or torch.compile traces (the launch reads raw pointers; the torch ops compute
+    the same function)."""
+    return x.is_cuda and triton is not None and os.environ.get("LSTM_TRITON", "1") != "0" and not torch.compiler.is_compiling()
 
 
 if triton is not None:

@@ -47,8 +47,9 @@ def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_ro
     if params.tracking.enabled and mlf:
         from pipeline import tracking
 
-        numeric = {f"eval_{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tracking.log_artifacts(mlf["tracking_uri"], mlf["run_id"], [metrics_root / corpus / "eval.json"], numeric, run.get("steps"))
+        # the scores (the train_* entries are the training run's own metrics already)
+        numeric = {f"eval_{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("train_")}
+        tracking.add_to_run(mlf, [metrics_root / corpus / "eval.json"], numeric, run.get("steps"))
     return out
 
 

@@ -2,34 +2,109 @@
 
 The run is created by the launching process before training (so its id is known to the
 stages that follow: evaluate and sample log into the same run), and metrics reach it from
-whichever process is global rank 0, through `MlflowCallback` and the client API. Only
-rank 0 logs under DDP. The tracking URI defaults to a sqlite database in the project
-(`sqlite:///<absolute path>/mlflow.db`; current MLflow refuses a plain ./mlruns store);
-MLFLOW_TRACKING_URI overrides it, e.g. an `mlflow server` on 127.0.0.1 or a shared server.
+whichever process is global rank 0, through `MlflowCallback` (pipeline/callbacks.py) and
+the client API. Only rank 0 logs under DDP. The tracking URI defaults to a sqlite database
+in the project (`sqlite:///<absolute path>/mlflow.db`; MLflow 3 refuses a plain ./mlruns
+store, and so does `tracking_uri`, in one line); MLFLOW_TRACKING_URI overrides it, e.g. an
+`mlflow server` on 127.0.0.1 or a shared server. A server that does not answer is one line
+before training starts (`start_run`); a store that fails later never stops a training: the
+stage warns, keeps its outputs and marks the run FAILED if it can.
 
 Models: the best checkpoint is logged with `mlflow.pytorch.log_model` in the `pt2`
 format (torch.export: loading runs no pickled code) as a scorer, ids (B, seq_len) ->
 logits (B, seq_len, V); the export fixes the window length, so the signature says so.
 Sampling needs the recurrent state step by step, which a traced graph does not expose: the
 weights-only checkpoint and vocab.json travel inside the same model as extra files, and
-`pipeline.sample` / `flows.sample` load them from `models:/charlm-<corpus>/<version>`.
+`pipeline.sample` / `flows.sample` load them from `models:/charlm-<corpus>/<version>`. A
+model that torch.export cannot trace is logged as those two files alone, under checkpoint/
+(not registered).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-
-from lightning.pytorch.callbacks import Callback
+from urllib.parse import urlparse
 
 from lightning_modules.precision import cpu_bf16_kernels, cpu_model
 from pipeline.config import Params
+from pipeline.errors import UserError, cli
 
 
 def tracking_uri(params: Params) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else params' tracking.uri, else sqlite:///<cwd>/mlflow.db."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    check_uri(uri)
+    return uri
+
+
+def check_uri(uri: str) -> None:
+    """A file store (./mlruns, file:...) is one line: MLflow 3 writes no new runs there."""
+    scheme = urlparse(uri).scheme
+    if scheme == "file" or (scheme == "" and uri not in ("databricks", "databricks-uc")) or len(scheme) == 1:
+        where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
+        raise UserError(
+            f"{where} is {uri!r}, a file store, which MLflow 3 no longer writes; use sqlite:///<folder>/mlflow.db "
+            "(unset it for the project's mlflow.db) or an http:// server; `mlflow migrate-filestore` converts an old ./mlruns"
+        )
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """An http(s) tracking server that does not answer is one line now, not a traceback after
+    MLflow's retries (about 4 minutes a request). Any HTTP answer counts as up (a proxy may
+    want a login for /health)."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(
+            f"the MLflow tracking server {uri} does not answer ({reason}); start it, point MLFLOW_TRACKING_URI "
+            "(or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
+        ) from None
+
+
+@contextlib.contextmanager
+def few_retries():
+    """MLflow's HTTP requests in the block: no retries, 15 s timeout (for marking a run
+    FAILED on the way out, where a dead server must not hold the exit for minutes)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def source_tags(entry: str) -> dict[str, str]:
+    """The tags MLflow's fluent API would set (source, user) and the git commit, which the
+    client API leaves out: a run in the UI names the code that made it."""
+    import getpass
+
+    tags = {"mlflow.source.name": entry, "mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    with contextlib.suppress(Exception):
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0 and head.stdout.strip():
+            tags["mlflow.source.git.commit"] = head.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+            tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
+    return tags
 
 
 @contextlib.contextmanager
@@ -77,12 +152,17 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def system_facts() -> dict[str, str]:
-    import lightning
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
 
+    try:
+        lightning_version = version("lightning")  # the installed version, without importing it (3 s)
+    except PackageNotFoundError:
+        lightning_version = "none"
     facts = {
         "sys.torch": torch.__version__,
-        "sys.lightning": lightning.__version__,
+        "sys.lightning": lightning_version,
         "sys.python": platform.python_version(),
         "sys.platform": platform.platform(),
         "sys.cpu_count": str(os.cpu_count()),
@@ -98,11 +178,13 @@ def system_facts() -> dict[str, str]:
     return facts
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict) -> str:
-    """Create a run (not left active) and log params and tags; return its id."""
+def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, source: str = "python") -> str:
+    """Create a run (not left active) and log params and tags; return its id. A tracking
+    server that does not answer is one line (`check_server`)."""
     import mlflow
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
+    check_server(uri)
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp:
@@ -112,62 +194,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
         local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
         where = db_folder(uri) / "mlartifacts" if local else None
         exp_id = client.create_experiment(experiment, artifact_location=where.as_uri() if where else None)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    run = client.create_run(exp_id, run_name=run_name, tags={**source_tags(source), **tags})
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
-
-
-class MlflowCallback(Callback):
-    """Metrics to an existing MLflow run, from global rank 0 only, in batches."""
-
-    def __init__(self, uri: str, run_id: str, log_every: int, flush_every: int = 50):
-        self.uri, self.run_id, self.log_every, self.flush_every = uri, run_id, log_every, flush_every
-        self._client = None
-        self._pending = []  # (step, device tensor)
-        self._metrics = []
-
-    def _c(self):
-        if self._client is None:
-            import mlflow
-
-            self._client = mlflow.MlflowClient(self.uri)
-        return self._client
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step - 1
-        if trainer.is_global_zero and step % self.log_every == 0:
-            self._pending.append((step, outputs))
-            if len(self._pending) >= self.flush_every:
-                self.flush()
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.is_global_zero or trainer.sanity_checking:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        m = trainer.callback_metrics
-        for k in ("val_loss", "val_bpc", "val_ppl"):
-            if k in m:
-                self._metrics.append(Metric(k, float(m[k]), now, trainer.global_step))
-        self.flush()
-
-    def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            self.flush()
-
-    def flush(self):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        for step, t in self._pending:
-            self._metrics.append(Metric("train_loss", float(t["loss"] if isinstance(t, dict) else t), now, step))
-        self._pending = []
-        for i in range(0, len(self._metrics), 900):
-            self._c().log_batch(self.run_id, metrics=self._metrics[i : i + 900])
-        self._metrics = []
 
 
 def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int, registered_name: str | None) -> str | None:
@@ -198,18 +229,44 @@ def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int,
         inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, seq_len))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, seq_len, V))]),
     )
-    with fluent_uri(uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            Scorer(model).eval(),
-            name="model",
-            input_example=example,
-            signature=signature,
-            serialization_format="pt2",
-            extra_files=[str(ckpt), str(vocab_json)],
-            registered_model_name=registered_name,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+    scorer = Scorer(model).eval()
+    try:
+        with fluent_uri(uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                scorer,
+                name="model",
+                input_example=example,
+                signature=signature,
+                serialization_format="pt2",
+                extra_files=[str(ckpt), str(vocab_json)],
+                registered_model_name=registered_name,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    except Exception:
+        why = export_error(scorer, example)  # torch.export's, or the store's (then raised)?
+        if not why:
+            raise
+        # the files sampling needs, laid out as in a logged model: flows.sample --model runs:/<id>/checkpoint
+        # ("model" may name the failed logged model now)
+        client = mlflow.MlflowClient(uri)
+        for f in (ckpt, vocab_json):
+            client.log_artifact(run_id, str(f), "checkpoint/extra_files")
+        print(f"warning: torch.export cannot trace this model ({why}); its checkpoint and vocab are logged as "
+              f"runs:/{run_id}/checkpoint for flows.sample, and no model version is registered", file=sys.stderr)
+        return None
     return str(info.registered_model_version) if registered_name else None
+
+
+def export_error(module, example) -> str | None:
+    """None if torch.export traces `module` on `example` (what log_model's pt2 format does,
+    before it uploads anything), else the error in one line."""
+    import torch
+
+    try:
+        torch.export.export(module, (torch.as_tensor(example),))
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    return None
 
 
 def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None = None, step: int | None = None) -> None:
@@ -226,10 +283,57 @@ def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
+def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: int | None = None, tags: dict | None = None) -> bool:
+    """A later stage's files, metrics and tags to the training's run (`mlf`: run.json's
+    "mlflow"). A run that is not in the store (mlflow.db deleted, models/ pulled from a DVC
+    remote or made elsewhere) is one note and no logging: the stage's output is written."""
+    import mlflow
+
+    uri, run_id = mlf["tracking_uri"], mlf["run_id"]
+    why = run_in_store(uri, run_id)
+    if why:
+        print(f"note: MLflow run {run_id} of this model is not in {uri} ({why}); nothing logged to MLflow "
+              "(retrain, or set tracking.enabled: false)", file=sys.stderr)
+        return False
+    log_artifacts(uri, run_id, files, metrics, step)
+    if tags:  # tags, not params: a rerun with other settings may overwrite them
+        from mlflow.entities import RunTag
+
+        mlflow.MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+    return True
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     import mlflow
 
     mlflow.MlflowClient(uri).set_terminated(run_id, status)
+
+
+def end_run_quietly(uri: str, run_id: str, status: str) -> None:
+    """Mark a run FAILED or KILLED on the way out of an error: one try, no retries, and a
+    store that fails too does not hide the error being raised."""
+    try:
+        with few_retries():
+            end_run(uri, run_id, status)
+    except Exception as e:
+        print(f"warning: could not mark MLflow run {run_id} {status} ({type(e).__name__}); it shows RUNNING", file=sys.stderr)
+
+
+def run_in_store(uri: str, run_id: str) -> str | None:
+    """None if `run_id` is in the store at `uri`, else why not: a stage that adds to the
+    training's run (evaluate, sample) then skips logging rather than failing after its output
+    is written (mlflow.db deleted, models/ pulled from a DVC remote or made elsewhere). A
+    missing sqlite file is not created."""
+    import mlflow
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return f"{uri.removeprefix('sqlite:///')} does not exist"
+    try:
+        with few_retries():
+            mlflow.MlflowClient(uri).get_run(run_id)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    return None
 
 
 def checkpoint_from_model_uri(model_uri: str, dst: Path | None = None) -> tuple[Path, Path]:
@@ -242,3 +346,19 @@ def checkpoint_from_model_uri(model_uri: str, dst: Path | None = None) -> tuple[
     if not ckpts:
         raise FileNotFoundError(f"{model_uri} holds no checkpoint in extra_files/; it was not logged by pipeline.train")
     return ckpts[0], extra / "vocab.json"
+
+
+@cli
+def main(argv=None):
+    """`python -m pipeline.tracking [--params F]`: print the tracking URI the stages log to."""
+    import argparse
+
+    from pipeline.config import load_params
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    print(tracking_uri(load_params(ap.parse_args(argv).params)))
+
+
+if __name__ == "__main__":
+    main()

@@ -83,60 +83,100 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
         fit(cfg, data_dir, models_root / f".{corpus}.rank{rank}")
         return {}
 
-    from pipeline.curves import CurveRecorder, plot_curves
+    from pipeline.callbacks import KeepInterrupt, MlflowCallback
+    from pipeline.curves import CurveRecorder
 
     curve_dir = plots_root / corpus
-    callbacks = [CurveRecorder(curve_dir, tp.log_every)]
+    keep = KeepInterrupt()
+    callbacks = [CurveRecorder(curve_dir, tp.log_every), keep]
     run_id = uri = None
     if params.tracking.enabled:
         from pipeline import tracking
 
         uri = tracking.tracking_uri(params)
-        flat = tracking.flatten({"train": cfg, "preset": params.preset, "corpus": corpus})
-        flat.update({"data.sha256": meta["corpus_sha256"], "data.vocab_size": str(meta["vocab_size"]), "data.train_tokens": str(meta["splits"]["train"])})
-        run_id = tracking.start_run(uri, f"charlm-{corpus}", f"{tp.cell}-{tp.layers}x{tp.hidden}", flat, {"corpus": corpus, "cell": tp.cell, **tracking.system_facts()})
-        callbacks.append(tracking.MlflowCallback(uri, run_id, tp.log_every))
-    with atomic_dir(models_root / corpus) as out:
-        try:
-            r = fit(cfg, data_dir, out, callbacks=callbacks)
-        except BaseException:
-            if run_id:
-                tracking.end_run(uri, run_id, "FAILED")
-            raise
-        shutil.copyfile(data_dir / "vocab.json", out / "vocab.json")
-        summary = {
-            "corpus": corpus,
-            "best_val_loss": r["best_val_loss"],
-            "steps": r["steps"],
-            "train_seconds": round(r["train_seconds"], 2),
-            "train_tokens_per_s": round(r["train_tokens_per_s"], 1),
-            "preset": params.preset,
-            "precision_setting": tp.precision,
-            "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
-            "train": cfg,
-            "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
-        }
-        write_json(out / "run.json", summary)
+        run_id = tracking.start_run(uri, f"charlm-{corpus}", f"{tp.cell}-{tp.layers}x{tp.hidden}", run_params(corpus, params, cfg, meta),
+                                    {"corpus": corpus, "cell": tp.cell, **tracking.system_facts()}, source="pipeline.train")
+        callbacks.append(MlflowCallback(uri, run_id, tp.log_every))
     try:
-        png = plot_curves(curve_dir, curve_dir / "loss_curve.png", f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
+        with atomic_dir(models_root / corpus) as out:
+            r = fit(cfg, data_dir, out, callbacks=callbacks)
+            shutil.copyfile(data_dir / "vocab.json", out / "vocab.json")
+            summary = {
+                "corpus": corpus,
+                "best_val_loss": r["best_val_loss"],
+                "steps": r["steps"],
+                "train_seconds": round(r["train_seconds"], 2),
+                "train_tokens_per_s": round(r["train_tokens_per_s"], 1),
+                "preset": params.preset,
+                "precision_setting": tp.precision,
+                "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
+                "train": cfg,
+                "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
+            }
+            write_json(out / "run.json", summary)
+        png = loss_png(curve_dir, f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
+        if run_id:
+            log_training(params, corpus, models_root, curve_dir, png, r, summary)
+    except BaseException as e:
+        interrupt = keep.interrupt or (e if isinstance(e, KeyboardInterrupt) else None)
+        if run_id:
+            tracking.end_run_quietly(uri, run_id, "KILLED" if interrupt else "FAILED")
+        if isinstance(e, SystemExit) and keep.interrupt is not None:
+            raise keep.interrupt.with_traceback(None) from None  # Lightning's exit(1) after Ctrl-C: the stage's own line
+        raise
+    return summary
+
+
+def run_params(corpus: str, params: Params, cfg: dict, meta: dict) -> dict[str, str]:
+    """The run's params, flattened: the training's (as trained: precision resolved), and what
+    decides the data it saw: the token level and vocabulary, the split, the corpus's hash."""
+    from pipeline import tracking
+
+    flat = tracking.flatten({"train": cfg, "preset": params.preset, "corpus": corpus})
+    flat.update(tracking.flatten({"tokenize": vars(params.tokenize), "onehot": vars(params.onehot)}))
+    flat.update({"data.level": str(meta.get("level", "char")), "data.sha256": meta["corpus_sha256"],
+                 "data.vocab_size": str(meta["vocab_size"]), "data.train_tokens": str(meta["splits"]["train"])})
+    return flat
+
+
+def loss_png(curve_dir: Path, title: str) -> Path | None:
+    from pipeline.curves import plot_curves
+
+    try:
+        return plot_curves(curve_dir, curve_dir / "loss_curve.png", title)
     except ModuleNotFoundError as e:  # a bare GPU box: torch and Lightning only
         if e.name != "matplotlib":
             raise
-        png = None
         print("note: matplotlib is not installed, so no loss_curve.png; the curves are in the CSV files", file=sys.stderr)
-    if run_id:
-        best = models_root / corpus / "best.ckpt"
-        name = f"charlm-{corpus}" if params.tracking.register else None
-        version = tracking.log_model(uri, run_id, best, models_root / corpus / "vocab.json", tp.seq_len, name)
-        tracking.log_artifacts(
-            uri, run_id, [f for f in (models_root / corpus / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv") if f],
-            {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
-            r["steps"],
-        )
-        tracking.end_run(uri, run_id)  # evaluate and sample still add to it
-        summary["mlflow"]["registered"] = f"{name} version {version}" if name else None
-        write_json(models_root / corpus / "run.json", summary)
-    return summary
+        return None
+
+
+def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict) -> None:
+    """The model, the curves and the summary metrics to the run, which is then FINISHED
+    (evaluate and sample still add to it). A store that fails now does not fail the stage,
+    whose outputs are written: a warning, the run marked FAILED, and run.json says so."""
+    from pipeline import tracking
+
+    mlf = summary["mlflow"]
+    uri, run_id = mlf["tracking_uri"], mlf["run_id"]
+    d = models_root / corpus
+    name = f"charlm-{corpus}" if params.tracking.register else None
+    try:
+        version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
+        files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
+        tracking.log_artifacts(uri, run_id, [f for f in files if f],
+                               {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
+                               r["steps"])
+        tracking.end_run(uri, run_id)
+    except Exception as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
+              "the run is marked FAILED", file=sys.stderr)
+        tracking.end_run_quietly(uri, run_id, "FAILED")
+        mlf["error"] = why
+    else:
+        mlf["registered"] = f"{name} version {version}" if name and version else None
+    write_json(d / "run.json", summary)
 
 
 @cli

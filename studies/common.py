@@ -73,7 +73,7 @@ def log_study(params: Params, study: str, run_name: str, cfg, metrics: dict, fil
 
     uri = tracking.tracking_uri(params)
     flat = tracking.flatten(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg))
-    run_id = tracking.start_run(uri, f"study-{study}", run_name, flat, {"study": study, **(tags or {}), **tracking.system_facts()})
+    run_id = tracking.start_run(uri, f"study-{study}", run_name, flat, {"study": study, **(tags or {}), **tracking.system_facts()}, source=f"studies.{study}")
     tracking.log_artifacts(uri, run_id, files, {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracking.end_run(uri, run_id)
     return run_id

@@ -141,7 +141,8 @@ def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root
 
                 run_id = tracking.start_run(uri, f"study-variants-{task}", f"{r['variant']}-{r['trial']}",
                                             {k: str(r[k]) for k in ("variant", "cell", "lr", "hidden", "trial", "seed")},
-                                            {"variant": r["variant"], "task": task, "invocation": invocation, "study": "variants"})
+                                            {"variant": r["variant"], "task": task, "invocation": invocation, "study": "variants"},
+                                            source="studies.variants")
                 tracking.log_artifacts(uri, run_id, [], {"test_score": r["test_score"], "val_score": r["val_score"],
                                                          "params_count": r["params"], "epochs": r["epochs"], "seconds": r["seconds"]})
                 tracking.end_run(uri, run_id)

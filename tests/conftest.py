@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import http.server
 import os
 import shutil
@@ -181,6 +182,42 @@ def wait_http(url: str, proc, timeout: float, what: str) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{what} did not answer {url} within {timeout} s")
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 with its store and artifacts in `folder`; yields
+    (uri, kill): kill() stops it at once, workers included (a server that dies). Stopped on
+    leaving in any case."""
+    import signal
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(folder / "log", "w")
+    srv = subprocess.Popen(
+        [str(Path(PY).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its workers in its group
+    )
+
+    def stop(sig=signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(srv.pid, sig)
+        try:
+            srv.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(srv.pid, signal.SIGKILL)
+            srv.wait(20)
+
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", srv, 120, "mlflow server")
+        yield uri, stop
+    finally:
+        stop(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(srv.pid, signal.SIGKILL)  # a worker that outlived its parent
+        log.close()
 
 
 @pytest.fixture(scope="session")

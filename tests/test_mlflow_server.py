@@ -1,29 +1,14 @@
 """Training logs to a real `mlflow server` on 127.0.0.1 over HTTP."""
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
-from tests.conftest import PY, dvc, free_port, run_module, wait_http
+from tests.conftest import dvc, mlflow_server, run_module
 from tests.pipeline_project import tiny_project
 
 
 def test_train_logs_over_http(tmp_path):
     proj, env = tiny_project(tmp_path, max_steps=10, val_every=5)
     assert dvc(proj, "repro", "onehot@tiny", env=env).returncode == 0
-    port = free_port()
-    srv_dir = tmp_path / "server"
-    srv_dir.mkdir()
-    log = open(srv_dir / "log", "w")
-    srv = subprocess.Popen(
-        [str(Path(PY).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{srv_dir / 'store.db'}",
-         "--artifacts-destination", str(srv_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=srv_dir, stdout=log, stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", srv, 120, "mlflow server")
+    with mlflow_server(tmp_path / "server") as (uri, _):
         p = run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri))
         assert p.returncode == 0, p.stderr[-3000:]
         import mlflow
@@ -34,11 +19,4 @@ def test_train_logs_over_http(tmp_path):
         assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [5, 10]
         assert client.get_model_version("charlm-tiny", "1").run_id == runs[0].info.run_id
         assert any(a.path == "vocab.json" for a in client.list_artifacts(runs[0].info.run_id))
-        assert list((srv_dir / "artifacts").rglob("best.ckpt"))  # the artifact went through the server
-    finally:
-        srv.terminate()
-        try:
-            srv.wait(20)
-        except subprocess.TimeoutExpired:
-            srv.kill()
-        log.close()
+        assert list((tmp_path / "server/artifacts").rglob("best.ckpt"))  # the artifact went through the server

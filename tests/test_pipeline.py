@@ -75,6 +75,15 @@ def test_mlflow_store_holds_the_run(repro):
     assert {"vocab.json", "loss_curve.png", "tiny.txt", "eval.json", "train_loss.csv"} <= arts
     mv = client.get_model_version("charlm-tiny", "1")
     assert mv.run_id == run.info.run_id
+    # what decided the data the model saw, and the code that trained it
+    assert run.data.params["data.level"] == "char" and run.data.params["tokenize.level"] == "char"
+    assert float(run.data.params["onehot.val_frac"]) > 0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["mlflow.source.git.commit"] == head and run.data.tags["mlflow.source.name"] == "pipeline.train"
+    assert run.data.tags["sample.prime"] == "ROMEO:" and run.data.tags["sample.length"] == "200"  # how tiny.txt was made
+    # evaluate logs its scores once, and not the training's own numbers again
+    assert not [k for k in run.data.metrics if k.startswith("eval_train")]
+    assert len(client.get_metric_history(run.info.run_id, "eval_val_loss")) == 1
 
 
 def test_sample_from_registered_model_and_checkpoint(repro):

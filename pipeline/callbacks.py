@@ -1,0 +1,96 @@
+"""The train stage's Lightning callbacks that are not the model's: metrics to MLflow, and
+the memory of an interrupt.
+
+They live apart from pipeline/tracking.py so that the stages that only log files and
+numbers to MLflow (evaluate, sample, the studies) do not import Lightning (about 3 s).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from lightning.pytorch.callbacks import Callback
+
+
+class MlflowCallback(Callback):
+    """Metrics to an existing MLflow run, from global rank 0 only, in batches.
+
+    Tracking never stops a training: when the store refuses a batch (after MLflow's own
+    retries), one warning is printed, the metrics are kept, and only the end of training
+    tries again. An interrupted or failed training still logs what it had (`on_exception`)."""
+
+    def __init__(self, uri: str, run_id: str, log_every: int, flush_every: int = 50):
+        self.uri, self.run_id, self.log_every, self.flush_every = uri, run_id, log_every, flush_every
+        self._client = None
+        self._pending = []  # (step, device tensor)
+        self._metrics = []
+        self.failed: str | None = None  # the first error of the store, once one was seen
+
+    def _c(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(self.uri)
+        return self._client
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step - 1
+        if trainer.is_global_zero and step % self.log_every == 0:
+            self._pending.append((step, outputs))
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        m = trainer.callback_metrics
+        for k in ("val_loss", "val_bpc", "val_ppl"):
+            if k in m:
+                self._metrics.append(Metric(k, float(m[k]), now, trainer.global_step))
+        self.flush()
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.flush(final=True)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.is_global_zero:
+            self.flush(final=True)
+
+    def flush(self, final: bool = False):
+        """Send what is pending; after a failure, only a `final` flush tries again."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for step, t in self._pending:
+            self._metrics.append(Metric("train_loss", float(t["loss"] if isinstance(t, dict) else t), now, step))
+        self._pending = []
+        if self.failed and not final:
+            return
+        try:
+            while self._metrics:
+                self._c().log_batch(self.run_id, metrics=self._metrics[:900])
+                del self._metrics[:900]
+        except Exception as e:  # the store is down or refuses: training goes on
+            first = self.failed is None
+            self.failed = self.failed or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if first:
+                print(f"warning: MLflow at {self.uri} refused the metrics ({self.failed}); training goes on, "
+                      "and the end of training tries again", file=sys.stderr)
+
+
+class KeepInterrupt(Callback):
+    """Lightning answers Ctrl-C (or SIGTERM, which pipeline/errors.py raises as an interrupt)
+    during fit with its own cleanup and then `sys.exit(1)`; this keeps the interrupt so that
+    the stage can raise it again: its run is marked KILLED, and the one-line message and the
+    exit code (130, 143) are the ones every stage gives."""
+
+    def __init__(self):
+        self.interrupt: KeyboardInterrupt | None = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupt = exception

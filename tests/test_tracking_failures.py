@@ -1,0 +1,192 @@
+"""The train stage and MLflow when things go wrong: a file store, a server that is down or
+dies mid-run, Ctrl-C and SIGTERM, a model torch.export cannot trace, a run no longer in
+the store. Real stores only: sqlite files and `mlflow server` on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT, dvc, free_port, mlflow_server, one_line_error, run_module
+from tests.pipeline_project import tiny_project
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny project whose data stages have run (data/onehot/tiny)."""
+    proj, env = tiny_project(tmp_path_factory.mktemp("trackfail"))
+    r = dvc(proj, "repro", "onehot@tiny", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return proj, env
+
+
+def _store(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _runs(uri: str):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("charlm-tiny")
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def _fresh(proj):
+    shutil.rmtree(proj / "models" / "tiny", ignore_errors=True)
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "file:///tmp/mlruns"])
+def test_a_file_store_is_one_line_before_training(data, uri):
+    proj, env = data
+    _fresh(proj)
+    e = one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri)))
+    assert "MLFLOW_TRACKING_URI" in e and "file store" in e and "sqlite:///" in e
+    assert not (proj / "models/tiny").exists() and not (proj / "mlruns").exists()
+    e = one_line_error(run_module("pipeline.tracking", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri)))
+    assert "file store" in e
+
+
+def test_a_server_that_does_not_answer_is_one_line_before_training(data):
+    proj, env = data
+    _fresh(proj)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    t = time.monotonic()
+    e = one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri)))
+    assert time.monotonic() - t < 60  # not MLflow's minutes of retries
+    assert uri in e and "does not answer" in e and "tracking.enabled=false" in e
+    assert not (proj / "models/tiny").exists()
+
+
+def test_an_lstm_variant_is_exported_registered_and_sampled(data, tmp_path):
+    # the variants' C kernel reads raw pointers, which torch.export's fake tensors have not:
+    # the stage failed after training until the traced graph took the torch ops
+    proj, env = data
+    uri = _store(tmp_path)
+    p = run_module("pipeline.train", "tiny", "--set", "train.cell=lstm-cifg", "--set", "train.max_steps=10", "--set", "train.val_every=5",
+                   cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri))
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = json.loads((proj / "models/tiny/run.json").read_text())
+    assert run["mlflow"]["registered"] == "charlm-tiny version 1" and "error" not in run["mlflow"]
+    client, runs = _runs(uri)
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["train.cell"] == "lstm-cifg"
+    s = run_module("flows.sample", "--model", "models:/charlm-tiny/1", "--prime", "ROMEO:", "--length", "40", cwd=proj,
+                   env=dict(env, MLFLOW_TRACKING_URI=uri))
+    assert s.returncode == 0 and s.stdout.startswith("ROMEO:"), s.stderr[-2000:]
+
+
+def test_a_model_export_cannot_trace_is_logged_as_its_files(data, tmp_path, monkeypatch, capsys):
+    """The C kernel taken even while torch.export traces (as before the fix): log_model says
+    so in one warning and logs the checkpoint and vocab where flows.sample finds them; the
+    training's run still ends FINISHED."""
+    from lightning_modules import lstm_cpu
+    from pipeline.config import load_params
+    from pipeline.train import train
+
+    proj, env = data
+    uri = _store(tmp_path)
+    params = load_params(proj / "params.yaml", {"train.cell": "lstm-cifg", "train.max_steps": 10, "train.val_every": 5, "tracking.uri": uri})
+    monkeypatch.chdir(proj)
+    monkeypatch.setattr(lstm_cpu, "usable", lambda x, lay: x.dtype == lstm_cpu.torch.float32 and lstm_cpu.library(lay) is not None)
+    summary = train("tiny", params, models_root=tmp_path / "models", plots_root=tmp_path / "plots")
+    err = capsys.readouterr().err
+    assert "warning: torch.export cannot trace this model" in err and "no model version is registered" in err
+    assert summary["mlflow"]["registered"] is None and "error" not in summary["mlflow"]
+    client, runs = _runs(uri)
+    run_id = runs[0].info.run_id
+    assert runs[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run_id, "checkpoint/extra_files")} == {
+        "checkpoint/extra_files/best.ckpt", "checkpoint/extra_files/vocab.json"}
+    assert not client.search_registered_models()
+    s = run_module("flows.sample", "--model", f"runs:/{run_id}/checkpoint", "--prime", "ROMEO:", "--length", "40", cwd=proj,
+                   env=dict(env, MLFLOW_TRACKING_URI=uri))
+    assert s.returncode == 0 and s.stdout.startswith("ROMEO:"), s.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_an_interrupted_training_is_killed_in_mlflow_with_its_last_losses(data, tmp_path, sig, code, word):
+    proj, env = data
+    _fresh(proj)
+    uri = _store(tmp_path)
+    e = {**os.environ, **env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    e.pop("CORPUS_MIRROR", None)
+    args = ["--set", "train.max_steps=100000", "--set", "train.max_seconds=120", "--set", "train.val_every=30",
+            "--set", "train.log_every=1", "--set", "train.progress_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "tiny", *args], cwd=proj, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = mlflow.MlflowClient(uri)
+        end = time.monotonic() + 120
+        while time.monotonic() < end and proc.poll() is None:  # a validation has been logged: training is under way
+            _, runs = _runs(uri) if (tmp_path / "mlflow.db").exists() else (None, [])
+            if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
+                break
+            time.sleep(0.3)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err[-3000:]
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {word}"), err[-3000:]
+    assert "Traceback" not in err
+    assert not (proj / "models/tiny").exists()  # no half-written model under the final name
+    _, runs = _runs(uri)
+    assert runs[0].info.status == "KILLED"
+    # every step's loss up to the last one printed reached the run: those since the last
+    # flush (a validation, or 50 pending) were sent on the way out
+    last = max(int(l.split()[1]) for l in out.splitlines() if l.startswith("step ") and "train_loss" in l)
+    train_steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert max(train_steps) >= last - 1 and len(set(train_steps)) == len(train_steps)
+
+
+def test_a_server_that_dies_during_training_does_not_stop_it(data, tmp_path):
+    proj, env = data
+    _fresh(proj)
+    with mlflow_server(tmp_path / "server") as (uri, kill):
+        e = {**os.environ, **env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # the user's setting: fail fast
+        e.pop("CORPUS_MIRROR", None)
+        args = ["--set", "train.max_steps=100000", "--set", "train.max_seconds=12", "--set", "train.val_every=10"]
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "tiny", *args], cwd=proj, env=e,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            client = mlflow.MlflowClient(uri)
+            end = time.monotonic() + 120
+            while time.monotonic() < end and proc.poll() is None:
+                runs = client.search_runs([x.experiment_id for x in client.search_experiments()])
+                if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
+                    break
+                time.sleep(0.3)
+            kill()  # the server goes away, workers and all, with the training under way
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "warning: MLflow at" in err and "training goes on" in err
+    assert "warning: training finished and" in err and "the run is marked FAILED" in err
+    assert "Traceback" not in err
+    run = json.loads((proj / "models/tiny/run.json").read_text())
+    assert run["mlflow"]["error"] and (proj / "models/tiny/best.ckpt").is_file()
+
+
+def test_evaluate_and_sample_go_on_when_the_run_is_gone(data, tmp_path):
+    proj, env = data
+    uri = _store(tmp_path)
+    run_env = dict(env, MLFLOW_TRACKING_URI=uri)
+    p = run_module("pipeline.train", "tiny", "--set", "train.max_steps=6", "--set", "train.val_every=3", cwd=proj, env=run_env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (tmp_path / "mlflow.db").unlink()  # the store deleted (or models/ pulled from a DVC remote)
+    for module, out in (("pipeline.evaluate", "metrics/tiny/eval.json"), ("pipeline.sample", "samples/tiny.txt")):
+        (proj / out).unlink(missing_ok=True)
+        p = run_module(module, "tiny", cwd=proj, env=run_env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "note: MLflow run" in p.stderr and "nothing logged" in p.stderr and "Traceback" not in p.stderr
+        assert (proj / out).is_file()
+    assert not (tmp_path / "mlflow.db").exists()  # no empty store made on the way
