@@ -24,13 +24,15 @@ from pipeline.sample import format_samples, sample_text
 def store_uri(params_path: str) -> str:
     """The store `pipeline.train` logs to with these params (see the module docstring)."""
     from pipeline.config import PARAMS, load_params
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import check_uri, tracking_uri
 
     if Path(params_path).is_file():
         return tracking_uri(load_params(params_path))
     if params_path != PARAMS:
         raise UserError(f"--params {params_path}: not found; give the params file whose tracking.uri names the store")
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    check_uri(uri)  # a file store: one line
+    return uri
 
 
 def check_store(uri: str, model: str) -> None:

@@ -50,6 +50,9 @@ def test_a_file_store_is_one_line_before_training(data, uri):
     assert not (proj / "models/tiny").exists() and not (proj / "mlruns").exists()
     e = one_line_error(run_module("pipeline.tracking", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri)))
     assert "file store" in e
+    # flows.sample from a folder without params.yaml: the URI from the environment alone
+    e = one_line_error(run_module("flows.sample", "--model", "models:/charlm-tiny/1", cwd=proj.parent, env=dict(env, MLFLOW_TRACKING_URI=uri)))
+    assert "file store" in e
 
 
 def test_a_server_that_does_not_answer_is_one_line_before_training(data):
