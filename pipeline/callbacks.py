@@ -6,6 +6,7 @@ numbers to MLflow (evaluate, sample, the studies) do not import Lightning (about
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -54,15 +55,20 @@ class MlflowCallback(Callback):
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            self.flush(final=True)
+            self.flush(final=True, patient=self.failed is None)
 
     def on_exception(self, trainer, pl_module, exception):
         if trainer.is_global_zero:
-            self.flush(final=True)
+            self.flush(final=True)  # not patient: Lightning ignores Ctrl-C while this runs
 
-    def flush(self, final: bool = False):
-        """Send what is pending; after a failure, only a `final` flush tries again."""
+    def flush(self, final: bool = False, patient: bool = False):
+        """Send what is pending. Without MLflow's retries unless `patient` (the end of a
+        training that met no failure): the points stay for a later flush, and a dead store
+        must not hold training, or Ctrl-C, for minutes. After a failure only a `final` flush
+        tries again."""
         from mlflow.entities import Metric
+
+        from pipeline.tracking import few_retries
 
         now = int(time.time() * 1000)
         for step, t in self._pending:
@@ -70,16 +76,27 @@ class MlflowCallback(Callback):
         self._pending = []
         if self.failed and not final:
             return
-        try:
-            while self._metrics:
-                self._c().log_batch(self.run_id, metrics=self._metrics[:900])
-                del self._metrics[:900]
-        except Exception as e:  # the store is down or refuses: training goes on
-            first = self.failed is None
-            self.failed = self.failed or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if first:
-                print(f"warning: MLflow at {self.uri} refused the metrics ({self.failed}); training goes on, "
-                      "and the end of training tries again", file=sys.stderr)
+        while self._metrics:
+            batch, self._metrics = self._metrics[:900], self._metrics[900:]  # taken off first: never sent twice
+            try:
+                with contextlib.nullcontext() if patient else few_retries():
+                    self._c().log_batch(self.run_id, metrics=batch)
+            except Exception as e:  # the store is down or refuses: training goes on
+                self._metrics = batch + self._metrics
+                first = self.failed is None
+                self.failed = self.failed or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                if final:
+                    print(f"warning: MLflow at {self.uri} refused the metrics ({self.failed}); "
+                          f"{len(self._metrics)} points are not logged", file=sys.stderr)
+                elif first:
+                    print(f"warning: MLflow at {self.uri} refused the metrics ({self.failed}); training goes on, "
+                          "and the end of training tries again", file=sys.stderr)
+                return
+
+    @property
+    def unsent(self) -> int:
+        """Metric points that never reached the store."""
+        return len(self._metrics) + len(self._pending)
 
 
 class KeepInterrupt(Callback):

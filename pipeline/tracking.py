@@ -24,11 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,38 +44,61 @@ def tracking_uri(params: Params) -> str:
 
 
 def check_uri(uri: str) -> None:
-    """A file store (./mlruns, file:...) is one line: MLflow 3 writes no new runs there."""
-    scheme = urlparse(uri).scheme
-    if scheme == "file" or (scheme == "" and uri not in ("databricks", "databricks-uc")) or len(scheme) == 1:
-        where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
+    """One line for what MLflow 3 cannot use or should not be given: a file store (./mlruns,
+    file:...), a host:port without http://, a password inside the URI (it would be written
+    into run.json, the logs and this project's messages)."""
+    where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
+    parsed = urlparse(uri)
+    if re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri):
+        raise UserError(f"{where} is {uri!r}: a server's address needs its scheme, e.g. http://{uri}")
+    if parsed.scheme == "file" or (parsed.scheme == "" and uri not in ("databricks", "databricks-uc")) or len(parsed.scheme) == 1:
         raise UserError(
             f"{where} is {uri!r}, a file store, which MLflow 3 no longer writes; use sqlite:///<folder>/mlflow.db "
             "(unset it for the project's mlflow.db) or an http:// server; `mlflow migrate-filestore` converts an old ./mlruns"
         )
+    if parsed.scheme in ("http", "https") and parsed.password:
+        raise UserError(
+            f"{where} holds a password ({parsed.scheme}://{parsed.username}:***@{parsed.hostname}...), which would be written "
+            "into models/<corpus>/run.json and the logs; give the URI without it and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
-    """An http(s) tracking server that does not answer is one line now, not a traceback after
-    MLflow's retries (about 4 minutes a request). Any HTTP answer counts as up (a proxy may
-    want a login for /health)."""
+    """An http(s) tracking server that does not answer, or answers 5xx (a proxy without its
+    backend), is one line now, not a traceback after MLflow's retries (about 4 minutes a
+    request). Any answer below 500 counts as up (a proxy may want a login for /health). The
+    probe uses MLflow's TLS settings (MLFLOW_TRACKING_INSECURE_TLS, _SERVER_CERT_PATH,
+    _CLIENT_CERT_PATH), so a server MLflow can reach is not refused."""
     if urlparse(uri).scheme not in ("http", "https"):
         return
+    import requests
+
+    env = os.environ.get
+    verify = False if env("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true" else (env("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
+    fix = "start it, point MLFLOW_TRACKING_URI (or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise UserError(
-            f"the MLflow tracking server {uri} does not answer ({reason}); start it, point MLFLOW_TRACKING_URI "
-            "(or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
-        ) from None
+        r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
+    except requests.exceptions.SSLError as e:
+        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({_first_line(e)}); MLflow reads the same "
+                        "MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS / MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
+    except requests.exceptions.RequestException as e:
+        raise UserError(f"the MLflow tracking server {uri} does not answer ({type(e).__name__}); {fix}") from None
+    if r.status_code >= 500:
+        raise UserError(f"the MLflow tracking server {uri} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 @contextlib.contextmanager
 def few_retries():
-    """MLflow's HTTP requests in the block: no retries, 15 s timeout (for marking a run
-    FAILED on the way out, where a dead server must not hold the exit for minutes)."""
+    """MLflow's HTTP requests in the block: no retries, 15 s timeout. For the requests whose
+    failure is handled here (metrics kept for later, a run marked FAILED on the way out), so
+    that a dead server costs seconds, not MLflow's minutes of retries, and Ctrl-C (which
+    Lightning ignores while it cleans up) is not held. It sets two environment variables,
+    which MLflow reads per request: not for concurrent threads (the stages have one)."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
     before = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
@@ -102,8 +124,12 @@ def source_tags(entry: str) -> dict[str, str]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode == 0 and head.stdout.strip():
             tags["mlflow.source.git.commit"] = head.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
-            tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
+            # tracked files that differ from the commit, params.yaml and the dvc.lock files left out
+            # (`dvc repro` rewrites the locks as it goes; the params are the run's params)
+            dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                    ":(exclude)params.yaml", ":(exclude,glob)**/dvc.lock"], capture_output=True, text=True, timeout=10)
+            if dirty.returncode == 0:
+                tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     return tags
 
 
@@ -186,19 +212,33 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
 
     check_server(uri)
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp:
-        exp_id = exp.experiment_id
-    else:
-        # a local store keeps artifacts beside it in mlartifacts/ (a server decides for itself)
-        local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
-        where = db_folder(uri) / "mlartifacts" if local else None
-        exp_id = client.create_experiment(experiment, artifact_location=where.as_uri() if where else None)
-    run = client.create_run(exp_id, run_name=run_name, tags={**source_tags(source), **tags})
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
+    run_id = None
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp:
+            exp_id = exp.experiment_id
+        else:
+            # a local store keeps artifacts beside it in mlartifacts/ (a server decides for itself)
+            local = uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+            where = db_folder(uri) / "mlartifacts" if local else None
+            exp_id = client.create_experiment(experiment, artifact_location=where.as_uri() if where else None)
+        run_id = client.create_run(exp_id, run_name=run_name, tags={**source_tags(source), **tags}).info.run_id
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i : i + 100])
+    except BaseException as e:
+        if run_id:  # created, then refused or interrupted: not left RUNNING
+            end_run_quietly(uri, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if _is_store_error(e):
+            raise UserError(f"MLflow at {uri} refused the new run of experiment {experiment} ({_first_line(e)}); "
+                            "check the store (python -m pipeline.tracking prints it) or --set tracking.enabled=false") from None
+        raise
+    return run_id
+
+
+def _is_store_error(e: BaseException) -> bool:
+    """An error of the tracking store or of the way to it (MLflow, HTTP, the database)."""
+    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
 
 
 def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int, registered_name: str | None) -> str | None:
@@ -286,21 +326,50 @@ def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None
 def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: int | None = None, tags: dict | None = None) -> bool:
     """A later stage's files, metrics and tags to the training's run (`mlf`: run.json's
     "mlflow"). A run that is not in the store (mlflow.db deleted, models/ pulled from a DVC
-    remote or made elsewhere) is one note and no logging: the stage's output is written."""
+    remote or made elsewhere) is one note and no logging: the stage's output is written. A
+    store that cannot be reached is one error line (the stage fails, so a later `dvc repro`
+    logs it). A metric the run already holds with the same value (a rerun) is not logged
+    twice."""
     import mlflow
 
     uri, run_id = mlf["tracking_uri"], mlf["run_id"]
-    why = run_in_store(uri, run_id)
-    if why:
+    run, why = find_run(uri, run_id)
+    if run is None:
         print(f"note: MLflow run {run_id} of this model is not in {uri} ({why}); nothing logged to MLflow "
               "(retrain, or set tracking.enabled: false)", file=sys.stderr)
         return False
-    log_artifacts(uri, run_id, files, metrics, step)
-    if tags:  # tags, not params: a rerun with other settings may overwrite them
-        from mlflow.entities import RunTag
+    try:
+        new = {k: v for k, v in (metrics or {}).items() if run.data.metrics.get(k) != float(v)}
+        log_artifacts(uri, run_id, files, new, step)
+        if tags:  # tags, not params: a rerun with other settings may overwrite them
+            from mlflow.entities import RunTag
 
-        mlflow.MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+            mlflow.MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+    except Exception as e:
+        if not _is_store_error(e):
+            raise
+        raise UserError(f"MLflow at {uri} refused the logging ({_first_line(e)}); the output is written, "
+                        "rerun the stage when the store is back, or set tracking.enabled: false") from None
     return True
+
+
+def find_run(uri: str, run_id: str):
+    """(run, None) if `run_id` is in the store at `uri`; (None, why) if the store says it is
+    not there, or is a sqlite file that does not exist (not created here); a store that
+    cannot be asked (down, refusing) is a UserError, after MLflow's own retries."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None, f"{uri.removeprefix('sqlite:///')} does not exist"
+    check_server(uri)
+    try:
+        return mlflow.MlflowClient(uri).get_run(run_id), None
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None, _first_line(e)
+        raise UserError(f"MLflow at {uri}: {_first_line(e)}; rerun the stage when the store answers, "
+                        "or set tracking.enabled: false") from None
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -317,23 +386,6 @@ def end_run_quietly(uri: str, run_id: str, status: str) -> None:
             end_run(uri, run_id, status)
     except Exception as e:
         print(f"warning: could not mark MLflow run {run_id} {status} ({type(e).__name__}); it shows RUNNING", file=sys.stderr)
-
-
-def run_in_store(uri: str, run_id: str) -> str | None:
-    """None if `run_id` is in the store at `uri`, else why not: a stage that adds to the
-    training's run (evaluate, sample) then skips logging rather than failing after its output
-    is written (mlflow.db deleted, models/ pulled from a DVC remote or made elsewhere). A
-    missing sqlite file is not created."""
-    import mlflow
-
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return f"{uri.removeprefix('sqlite:///')} does not exist"
-    try:
-        with few_retries():
-            mlflow.MlflowClient(uri).get_run(run_id)
-    except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-    return None
 
 
 def checkpoint_from_model_uri(model_uri: str, dst: Path | None = None) -> tuple[Path, Path]:

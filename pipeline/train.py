@@ -96,7 +96,8 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
         uri = tracking.tracking_uri(params)
         run_id = tracking.start_run(uri, f"charlm-{corpus}", f"{tp.cell}-{tp.layers}x{tp.hidden}", run_params(corpus, params, cfg, meta),
                                     {"corpus": corpus, "cell": tp.cell, **tracking.system_facts()}, source="pipeline.train")
-        callbacks.append(MlflowCallback(uri, run_id, tp.log_every))
+        metrics_cb = MlflowCallback(uri, run_id, tp.log_every)
+        callbacks.append(metrics_cb)
     try:
         with atomic_dir(models_root / corpus) as out:
             r = fit(cfg, data_dir, out, callbacks=callbacks)
@@ -116,7 +117,7 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
             write_json(out / "run.json", summary)
         png = loss_png(curve_dir, f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
         if run_id:
-            log_training(params, corpus, models_root, curve_dir, png, r, summary)
+            log_training(params, corpus, models_root, curve_dir, png, r, summary, metrics_cb)
     except BaseException as e:
         interrupt = keep.interrupt or (e if isinstance(e, KeyboardInterrupt) else None)
         if run_id:
@@ -151,16 +152,25 @@ def loss_png(curve_dir: Path, title: str) -> Path | None:
         return None
 
 
-def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict) -> None:
+def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict, metrics_cb) -> None:
     """The model, the curves and the summary metrics to the run, which is then FINISHED
-    (evaluate and sample still add to it). A store that fails now does not fail the stage,
-    whose outputs are written: a warning, the run marked FAILED, and run.json says so."""
+    (evaluate and sample still add to it). A store that fails now, or refused the training's
+    metrics to the end (`metrics_cb`, the MlflowCallback), does not fail the stage, whose
+    outputs are written: a warning, the run marked FAILED, and run.json says why."""
     from pipeline import tracking
 
     mlf = summary["mlflow"]
     uri, run_id = mlf["tracking_uri"], mlf["run_id"]
     d = models_root / corpus
     name = f"charlm-{corpus}" if params.tracking.register else None
+    if metrics_cb.unsent:  # the store refused the metrics to the end: no model logged without them
+        why = f"{metrics_cb.unsent} metric points not logged: {metrics_cb.failed}"
+        print(f"warning: training finished and {d} is written, but MLflow at {uri} refused the metrics; "
+              "the run is marked FAILED and the model not logged", file=sys.stderr)
+        tracking.end_run_quietly(uri, run_id, "FAILED")
+        mlf["error"] = why
+        write_json(d / "run.json", summary)
+        return
     try:
         version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
         files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
@@ -169,6 +179,8 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
                                r["steps"])
         tracking.end_run(uri, run_id)
     except Exception as e:
+        if not tracking._is_store_error(e):
+            raise
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
               "the run is marked FAILED", file=sys.stderr)
