@@ -6,7 +6,6 @@ numbers to MLflow (evaluate, sample, the studies) do not import Lightning (about
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 
@@ -55,17 +54,18 @@ class MlflowCallback(Callback):
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            self.flush(final=True, patient=self.failed is None)
+            self.flush(final=True)
 
     def on_exception(self, trainer, pl_module, exception):
         if trainer.is_global_zero:
-            self.flush(final=True)  # not patient: Lightning ignores Ctrl-C while this runs
+            self.flush(final=True)  # Lightning ignores Ctrl-C while this runs: few retries matter here
 
-    def flush(self, final: bool = False, patient: bool = False):
-        """Send what is pending. Without MLflow's retries unless `patient` (the end of a
-        training that met no failure): the points stay for a later flush, and a dead store
-        must not hold training, or Ctrl-C, for minutes. After a failure only a `final` flush
-        tries again."""
+    def flush(self, final: bool = False):
+        """Send what is pending, without MLflow's minutes of retries: during training none
+        (the points stay for a later flush), at the end (`final`) two, a few seconds apart.
+        A dead store must not hold training, or Ctrl-C, for minutes. After a failure only the
+        final flush tries again. A batch is put back on any failure or interrupt (the store
+        drops a point it already holds, so a batch sent twice is not logged twice)."""
         from mlflow.entities import Metric
 
         from pipeline.tracking import few_retries
@@ -77,12 +77,14 @@ class MlflowCallback(Callback):
         if self.failed and not final:
             return
         while self._metrics:
-            batch, self._metrics = self._metrics[:900], self._metrics[900:]  # taken off first: never sent twice
+            batch, self._metrics = self._metrics[:900], self._metrics[900:]
             try:
-                with contextlib.nullcontext() if patient else few_retries():
+                with few_retries(2 if final else 0):
                     self._c().log_batch(self.run_id, metrics=batch)
-            except Exception as e:  # the store is down or refuses: training goes on
+            except BaseException as e:  # the store is down or refuses: training goes on
                 self._metrics = batch + self._metrics
+                if not isinstance(e, Exception):
+                    raise  # Ctrl-C, SIGTERM: on_exception sends the batch again
                 first = self.failed is None
                 self.failed = self.failed or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
                 if final:

@@ -22,6 +22,7 @@ model that torch.export cannot trace is logged as those two files alone, under c
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import re
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 
 from lightning_modules.precision import cpu_bf16_kernels, cpu_model
 from pipeline.config import Params
-from pipeline.errors import UserError, cli
+from pipeline.errors import TransientFailure, UserError, cli
 
 
 def tracking_uri(params: Params) -> str:
@@ -72,34 +73,41 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     if urlparse(uri).scheme not in ("http", "https"):
         return
     import requests
+    from mlflow.environment_variables import MLFLOW_TRACKING_INSECURE_TLS
 
     env = os.environ.get
-    verify = False if env("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true" else (env("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
+    verify = False if MLFLOW_TRACKING_INSECURE_TLS.get() else (env("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
     fix = "start it, point MLFLOW_TRACKING_URI (or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
+    tls = "MLflow reads the same MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS / MLFLOW_TRACKING_CLIENT_CERT_PATH"
     try:
         r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
     except requests.exceptions.SSLError as e:
-        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({_first_line(e)}); MLflow reads the same "
-                        "MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS / MLFLOW_TRACKING_CLIENT_CERT_PATH") from None
+        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({_first_line(e, 160)}); {tls}") from None
+    except requests.exceptions.TooManyRedirects:
+        raise UserError(f"the MLflow tracking server {uri} redirects in a loop; check the URI") from None
     except requests.exceptions.RequestException as e:
-        raise UserError(f"the MLflow tracking server {uri} does not answer ({type(e).__name__}); {fix}") from None
+        raise TransientFailure(f"the MLflow tracking server {uri} does not answer ({_first_line(e, 160)}); {fix}") from None
+    except OSError as e:  # a certificate file that is not there
+        raise UserError(f"the MLflow tracking server {uri}: {_first_line(e, 160)}; {tls}") from None
     if r.status_code >= 500:
-        raise UserError(f"the MLflow tracking server {uri} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
+        raise TransientFailure(f"the MLflow tracking server {uri} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 300) -> str:
     text = str(e)
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
 
 
 @contextlib.contextmanager
-def few_retries():
-    """MLflow's HTTP requests in the block: no retries, 15 s timeout. For the requests whose
-    failure is handled here (metrics kept for later, a run marked FAILED on the way out), so
-    that a dead server costs seconds, not MLflow's minutes of retries, and Ctrl-C (which
-    Lightning ignores while it cleans up) is not held. It sets two environment variables,
-    which MLflow reads per request: not for concurrent threads (the stages have one)."""
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+def few_retries(retries: int = 0):
+    """MLflow's HTTP requests in the block: `retries` retries 1, 2, 4 s apart, 15 s timeout.
+    For the requests whose failure is handled here (metrics kept for later, a run marked
+    FAILED on the way out), so that a dead store costs seconds, not MLflow's minutes of
+    retries (7, up to 120 s apart, 120 s timeout), and Ctrl-C (which Lightning ignores while
+    it cleans up) is not held. It sets environment variables, which MLflow reads per request:
+    not for concurrent threads (the stages have one)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
     before = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
     try:
@@ -211,9 +219,9 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     from mlflow.entities import Param
 
     check_server(uri)
-    client = mlflow.MlflowClient(uri)
     run_id = None
     try:
+        client = mlflow.MlflowClient(uri)  # a SQL store is opened (and checked) here
         exp = client.get_experiment_by_name(experiment)
         if exp:
             exp_id = exp.experiment_id
@@ -237,8 +245,12 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
 
 
 def _is_store_error(e: BaseException) -> bool:
-    """An error of the tracking store or of the way to it (MLflow, HTTP, the database)."""
-    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3")
+    """An error of the tracking store or of the way to it: MLflow's, HTTP's, the database's,
+    an artifact store's (a local folder: OSError; S3, GCS, Azure: their clients')."""
+    if isinstance(e, OSError):
+        return True
+    return type(e).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "sqlalchemy", "sqlite3", "botocore", "boto3",
+                                                  "google", "azure")
 
 
 def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int, registered_name: str | None) -> str | None:
@@ -339,7 +351,7 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
               "(retrain, or set tracking.enabled: false)", file=sys.stderr)
         return False
     try:
-        new = {k: v for k, v in (metrics or {}).items() if run.data.metrics.get(k) != float(v)}
+        new = {k: v for k, v in (metrics or {}).items() if not same_value(run.data.metrics.get(k), v)}
         log_artifacts(uri, run_id, files, new, step)
         if tags:  # tags, not params: a rerun with other settings may overwrite them
             from mlflow.entities import RunTag
@@ -348,15 +360,23 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
     except Exception as e:
         if not _is_store_error(e):
             raise
-        raise UserError(f"MLflow at {uri} refused the logging ({_first_line(e)}); the output is written, "
-                        "rerun the stage when the store is back, or set tracking.enabled: false") from None
+        raise TransientFailure(f"MLflow at {uri} refused the logging ({_first_line(e)}); the output is written, "
+                               "rerun the stage when the store is back, or set tracking.enabled: false") from None
     return True
+
+
+def same_value(logged, value) -> bool:
+    """`value` is what the run holds already (NaN equal to NaN)."""
+    if logged is None:
+        return False
+    return logged == float(value) or (math.isnan(logged) and math.isnan(float(value)))
 
 
 def find_run(uri: str, run_id: str):
     """(run, None) if `run_id` is in the store at `uri`; (None, why) if the store says it is
     not there, or is a sqlite file that does not exist (not created here); a store that
-    cannot be asked (down, refusing) is a UserError, after MLflow's own retries."""
+    cannot be asked (down, refusing) is a TransientFailure (exit 75: the flows retry it),
+    after MLflow's own retries. A run deleted in the UI counts as gone."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -364,12 +384,17 @@ def find_run(uri: str, run_id: str):
         return None, f"{uri.removeprefix('sqlite:///')} does not exist"
     check_server(uri)
     try:
-        return mlflow.MlflowClient(uri).get_run(run_id), None
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+        run = mlflow.MlflowClient(uri).get_run(run_id)
+    except Exception as e:
+        if isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None, _first_line(e)
-        raise UserError(f"MLflow at {uri}: {_first_line(e)}; rerun the stage when the store answers, "
-                        "or set tracking.enabled: false") from None
+        if not _is_store_error(e):
+            raise
+        raise TransientFailure(f"MLflow at {uri}: {_first_line(e)}; rerun the stage when the store answers, "
+                               "or set tracking.enabled: false") from None
+    if run.info.lifecycle_stage == "deleted":
+        return None, "the run was deleted"
+    return run, None
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -168,7 +168,7 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
         print(f"warning: training finished and {d} is written, but MLflow at {uri} refused the metrics; "
               "the run is marked FAILED and the model not logged", file=sys.stderr)
         tracking.end_run_quietly(uri, run_id, "FAILED")
-        mlf["error"] = why
+        mlf["error"], mlf["registered"] = why, None
         write_json(d / "run.json", summary)
         return
     try:
@@ -185,7 +185,7 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
         print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
               "the run is marked FAILED", file=sys.stderr)
         tracking.end_run_quietly(uri, run_id, "FAILED")
-        mlf["error"] = why
+        mlf["error"], mlf["registered"] = why, None
     else:
         mlf["registered"] = f"{name} version {version}" if name and version else None
     write_json(d / "run.json", summary)

@@ -60,9 +60,11 @@ def test_a_server_that_does_not_answer_is_one_line_before_training(data):
     _fresh(proj)
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     t = time.monotonic()
-    e = one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri)))
+    p = run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri))
+    e = one_line_error(p)
     assert time.monotonic() - t < 60  # not MLflow's minutes of retries
     assert uri in e and "does not answer" in e and "tracking.enabled=false" in e
+    assert p.returncode == 75  # may pass by itself: the flows retry the stage
     assert not (proj / "models/tiny").exists()
 
 
@@ -240,3 +242,18 @@ def test_a_proxy_without_its_server_is_one_line_and_any_other_answer_is_up(http_
     down = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UserError, match="does not answer"):
         find_run(down, "0" * 32)  # evaluate/sample: a store that cannot be asked fails the stage, in one line
+
+
+def test_a_run_deleted_in_the_ui_counts_as_gone_and_a_score_is_logged_once(tmp_path):
+    from pipeline import tracking
+
+    uri = _store(tmp_path)
+    run_id = tracking.start_run(uri, "charlm-x", "r", {"p": "1"}, {})
+    mlf = {"tracking_uri": uri, "run_id": run_id}
+    for _ in range(2):  # a rerun: NaN and numbers alike are not logged twice
+        assert tracking.add_to_run(mlf, [], {"eval_val_loss": 1.5, "eval_test_loss": float("nan")}, 3)
+    client = mlflow.MlflowClient(uri)
+    assert [len(client.get_metric_history(run_id, k)) for k in ("eval_val_loss", "eval_test_loss")] == [1, 1]
+    client.delete_run(run_id)
+    assert tracking.find_run(uri, run_id) == (None, "the run was deleted")
+    assert tracking.add_to_run(mlf, [], {"eval_val_loss": 1.4}, 3) is False  # a note, no error
