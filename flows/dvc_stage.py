@@ -71,12 +71,27 @@ def run_dvc(*args: str) -> str:
     return p.stdout
 
 
+def _failure(state):
+    """The exception of a failed task run's state, or None when it is not at hand."""
+    if isinstance(state.data, BaseException):
+        return state.data
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
 def retry_transient(task, task_run, state) -> bool:
     """Prefect `retry_condition_fn`: retry only a failure that may pass by itself."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            exc = state.result(raise_on_failure=False)
-        except Exception:  # the result is not at hand: keep the retry policy
-            return True
+    exc = _failure(state)
+    if exc is None:  # the result is not at hand: keep the retry policy
+        return True
     return getattr(exc, "retryable", not isinstance(exc, UserError))  # other surprises (an OSError...) retry
+
+
+def retry_only_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn` for the in-process model tasks: retry a TransientFailure
+    (a tracking store that does not answer) and nothing else; a crash in training would only
+    train again to the same crash."""
+    return bool(getattr(_failure(state), "retryable", False))

@@ -5,9 +5,10 @@
 The tasks call the same functions as the DVC stages. Data preparation goes through
 `dvc repro download@<corpus>` and `dvc repro onehot@<corpus>`, so DVC's caching rule
 decides what reruns, and the data come from params.yaml whatever the flow is given: its
-overrides may set train, sample, tracking and preset, not the data sections. The download
-task alone retries, with exponential back-off, and only for a failure that may pass by itself
-(the stage's exit 75: the network), not for a bad URL or params (exit 2). The
+overrides may set train, sample, tracking and preset, not the data sections. Tasks retry,
+with exponential back-off, only a failure that may pass by itself: the download stage's exit
+75 (the network), not a bad URL or params (exit 2); and a tracking store that does not answer
+in train, evaluate or sample (TransientFailure), never a crash of training. The
 model stages write under outputs/flow/ (not the DVC-tracked models/, metrics/, samples/),
 so a scheduled run never dirties the DVC workspace. Results: an MLflow run (and model
 version) per flow run, a Markdown artifact with the samples and a table artifact with the
@@ -26,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from flows.console import quiet_user_errors
-from flows.dvc_stage import retry_transient, run_dvc
+from flows.dvc_stage import retry_only_transient, retry_transient, run_dvc
 from pipeline.errors import UserError, cli
 
 FLOW_OUT = Path("outputs/flow")
@@ -85,27 +86,33 @@ def download(corpus: str) -> str:
     return run_dvc("repro", f"download@{corpus}")
 
 
+# train, evaluate, sample: retried only when the tracking store did not answer (TransientFailure,
+# raised before training starts, or after evaluate/sample wrote their output)
+MODEL_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S), retry_jitter_factor=0.5,
+                     retry_condition_fn=retry_only_transient)
+
+
 @task
 def prepare(corpus: str) -> str:
     """Tokenize and one-hot encode (DVC stages tokenize@, onehot@), cached by DVC."""
     return run_dvc("repro", f"onehot@{corpus}")
 
 
-@task
+@task(**MODEL_RETRIES)
 def train(corpus: str, params) -> dict:
     from pipeline.train import train as run
 
     return run(corpus, params, FLOW_OUT / "models", FLOW_OUT / "plots")
 
 
-@task
+@task(**MODEL_RETRIES)
 def evaluate(corpus: str, params) -> dict:
     from pipeline.evaluate import evaluate as run
 
     return run(corpus, params, FLOW_OUT / "models", FLOW_OUT / "metrics")
 
 
-@task
+@task(**MODEL_RETRIES)
 def sample(corpus: str, params) -> str:
     from pipeline.sample import sample as run
 

@@ -22,6 +22,7 @@ class TransientFailure(UserError):
     later retry may succeed where a UserError (exit 2) needs the user's fix."""
 
     exit_code = 75
+    retryable = True  # what a Prefect task's retry condition reads (flows/dvc_stage.py)
 
 
 class Terminated(KeyboardInterrupt):

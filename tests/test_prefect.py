@@ -112,6 +112,21 @@ def test_flow_retries_a_download_only_when_the_failure_may_pass(tmp_path, prefec
     assert not (proj / "data/raw/tiny").exists() and not (proj / "outputs").exists()
 
 
+def test_flow_retries_train_when_the_tracking_server_does_not_answer(tmp_path, prefect_api, http_server):
+    """A tracking server behind a proxy that answers 503: the train task fails before any
+    training with a TransientFailure, which the flow retries three times (four probes of
+    /health), then exits 75 with the one line; the data tasks are not rerun."""
+    url, www, srv = http_server
+    proj, env = tiny_project(tmp_path)
+    e = dict(env, PREFECT_API_URL=prefect_api, FLOW_RETRY_BACKOFF_S="0.05", MLFLOW_TRACKING_URI=f"{url}/busy")
+    r = run_module("flows.pipeline_flow", "--corpus", "tiny", cwd=proj, env=e)
+    assert r.returncode == 75, r.stderr[-3000:]
+    last = one_line_error(r)
+    assert "answers HTTP 503" in last and f"{url}/busy" in last, last
+    assert [path for path, _ in srv.requests if path.endswith("/health")] == ["/busy/health"] * 4, srv.requests
+    assert not (proj / "outputs/flow/models/tiny").exists()
+
+
 def test_prefect_yaml_deploys_to_a_process_pool_with_its_schedules_and_limits(tmp_path, prefect_api, monkeypatch):
     """`prefect deploy --all` of the project's prefect.yaml, as its header says, on a real API server."""
     import asyncio
