@@ -33,8 +33,8 @@ def test_projected_steps():
 
 @pytest.fixture
 def clock(monkeypatch):
-    """clock(step_seconds): the training clock made exact from now on (tests/fakeclock.py)."""
-    return lambda step_seconds: install(monkeypatch, step_seconds)
+    """clock(step_seconds[, val_batch_seconds]): the training clock made exact from now on (tests/fakeclock.py)."""
+    return lambda *a, **kw: install(monkeypatch, *a, **kw)
 
 
 # steps of 1/16 s and budgets in sixteenths: the estimate's arithmetic is exact in binary
@@ -67,6 +67,18 @@ def test_budget_follows_a_change_of_speed(corpus, tmp_path, clock):
     cb = _budget(r["trainer"])
     assert r["steps"] == 50 == cb.stop_step == r["module"].schedule_steps
     assert cb.train_seconds() == 5.0
+
+
+def test_validation_time_is_not_spent_from_the_budget(corpus, tmp_path, clock):
+    # each validation batch takes 1 s, far more than the steps: the budget counts training
+    # only (the curves' train_s too), so the run still takes its 80 steps of DT
+    fake = clock(DT, val_batch_seconds=1.0)
+    start = fake.t
+    r = fit(dict(BUDGET, max_seconds=5.0, val_every=20), corpus, tmp_path / "v")
+    cb = _budget(r["trainer"])
+    assert r["steps"] == 80 == cb.stop_step
+    assert cb.train_seconds() == 5.0
+    assert fake.t - start >= 5.0 + 4  # four validations or more went by on the clock, left out
 
 
 def test_budget_on_the_real_clock(corpus, tmp_path):
