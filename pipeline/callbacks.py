@@ -68,7 +68,7 @@ class MlflowCallback(Callback):
         drops a point it already holds, so a batch sent twice is not logged twice)."""
         from mlflow.entities import Metric
 
-        from pipeline.tracking import few_retries
+        from pipeline.tracking import error_line, few_retries
 
         now = int(time.time() * 1000)
         for step, t in self._pending:
@@ -86,7 +86,7 @@ class MlflowCallback(Callback):
                 if not isinstance(e, Exception):
                     raise  # Ctrl-C, SIGTERM: on_exception sends the batch again
                 first = self.failed is None
-                self.failed = self.failed or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                self.failed = self.failed or error_line(e)
                 if final:
                     print(f"warning: MLflow at {self.uri} refused the metrics ({self.failed}); "
                           f"{len(self._metrics)} points are not logged", file=sys.stderr)

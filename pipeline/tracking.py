@@ -82,18 +82,19 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     try:
         r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
     except requests.exceptions.SSLError as e:
-        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({_first_line(e, 160)}); {tls}") from None
+        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({error_line(e, 160)}); {tls}") from None
     except requests.exceptions.TooManyRedirects:
         raise UserError(f"the MLflow tracking server {uri} redirects in a loop; check the URI") from None
     except requests.exceptions.RequestException as e:
-        raise TransientFailure(f"the MLflow tracking server {uri} does not answer ({_first_line(e, 160)}); {fix}") from None
+        raise TransientFailure(f"the MLflow tracking server {uri} does not answer ({error_line(e, 160)}); {fix}") from None
     except OSError as e:  # a certificate file that is not there
-        raise UserError(f"the MLflow tracking server {uri}: {_first_line(e, 160)}; {tls}") from None
+        raise UserError(f"the MLflow tracking server {uri}: {error_line(e, 160)}; {tls}") from None
     if r.status_code >= 500:
         raise TransientFailure(f"the MLflow tracking server {uri} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
 
 
-def _first_line(e: BaseException, limit: int = 300) -> str:
+def error_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type and the first line of its message."""
     text = str(e)
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
 
@@ -237,14 +238,14 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     except BaseException as e:
         if run_id:  # created, then refused or interrupted: not left RUNNING
             end_run_quietly(uri, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        if _is_store_error(e):
-            raise UserError(f"MLflow at {uri} refused the new run of experiment {experiment} ({_first_line(e)}); "
+        if is_store_error(e):
+            raise UserError(f"MLflow at {uri} refused the new run of experiment {experiment} ({error_line(e)}); "
                             "check the store (python -m pipeline.tracking prints it) or --set tracking.enabled=false") from None
         raise
     return run_id
 
 
-def _is_store_error(e: BaseException) -> bool:
+def is_store_error(e: BaseException) -> bool:
     """An error of the tracking store or of the way to it: MLflow's, HTTP's, the database's,
     an artifact store's (a local folder: OSError; S3, GCS, Azure: their clients')."""
     if isinstance(e, OSError):
@@ -317,7 +318,7 @@ def export_error(module, example) -> str | None:
     try:
         torch.export.export(module, (torch.as_tensor(example),))
     except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        return error_line(e, 200)
     return None
 
 
@@ -358,9 +359,9 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
 
             mlflow.MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
     except Exception as e:
-        if not _is_store_error(e):
+        if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {uri} refused the logging ({_first_line(e)}); the output is written, "
+        raise TransientFailure(f"MLflow at {uri} refused the logging ({error_line(e)}); the output is written, "
                                "rerun the stage when the store is back, or set tracking.enabled: false") from None
     return True
 
@@ -387,10 +388,10 @@ def find_run(uri: str, run_id: str):
         run = mlflow.MlflowClient(uri).get_run(run_id)
     except Exception as e:
         if isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None, _first_line(e)
-        if not _is_store_error(e):
+            return None, error_line(e)
+        if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {uri}: {_first_line(e)}; rerun the stage when the store answers, "
+        raise TransientFailure(f"MLflow at {uri}: {error_line(e)}; rerun the stage when the store answers, "
                                "or set tracking.enabled: false") from None
     if run.info.lifecycle_stage == "deleted":
         return None, "the run was deleted"

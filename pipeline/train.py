@@ -163,27 +163,26 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
     uri, run_id = mlf["tracking_uri"], mlf["run_id"]
     d = models_root / corpus
     name = f"charlm-{corpus}" if params.tracking.register else None
+    why = None
     if metrics_cb.unsent:  # the store refused the metrics to the end: no model logged without them
         why = f"{metrics_cb.unsent} metric points not logged: {metrics_cb.failed}"
         print(f"warning: training finished and {d} is written, but MLflow at {uri} refused the metrics; "
               "the run is marked FAILED and the model not logged", file=sys.stderr)
-        tracking.end_run_quietly(uri, run_id, "FAILED")
-        mlf["error"], mlf["registered"] = why, None
-        write_json(d / "run.json", summary)
-        return
-    try:
-        version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
-        files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
-        tracking.log_artifacts(uri, run_id, [f for f in files if f],
-                               {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
-                               r["steps"])
-        tracking.end_run(uri, run_id)
-    except Exception as e:
-        if not tracking._is_store_error(e):
-            raise
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
-              "the run is marked FAILED", file=sys.stderr)
+    else:
+        try:
+            version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
+            files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
+            tracking.log_artifacts(uri, run_id, [f for f in files if f],
+                                   {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
+                                   r["steps"])
+            tracking.end_run(uri, run_id)
+        except Exception as e:
+            if not tracking.is_store_error(e):
+                raise
+            why = tracking.error_line(e)
+            print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
+                  "the run is marked FAILED", file=sys.stderr)
+    if why:
         tracking.end_run_quietly(uri, run_id, "FAILED")
         mlf["error"], mlf["registered"] = why, None
     else:

@@ -167,6 +167,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc, wait: float = 20) -> None:
+    """Terminate `proc`; kill it if it is still there after `wait` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_http(url: str, proc, timeout: float, what: str) -> None:
     import time
     import urllib.request
@@ -236,11 +246,7 @@ def prefect_api(tmp_path_factory):
         wait_http(f"{url}/health", proc, 120, "prefect server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import PY, ROOT, dvc, one_line_error, run_module
+from tests.conftest import PY, ROOT, one_line_error, run_module, stop_process
 from tests.pipeline_project import tiny_project
 
 
@@ -42,11 +42,7 @@ def test_served_deployment_runs_and_tracks(tmp_path, prefect_api):
         assert "overrides tokenize.max_vocab: the flow prepares data with `dvc repro`" in served, served[-3000:]
         assert "pipeline.errors.UserError" not in served, served[-3000:]
     finally:
-        serve.terminate()
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop_process(serve, 30)
         log.close()
     import mlflow
 
