@@ -83,6 +83,7 @@ class RandomWindows(_StepAddressed):
 
     def batch_at(self, step: int):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # the same windows on any device
+        # (the split's last token is never a target: one token in a split, kept for the runs it would change)
         starts = torch.randint(0, len(self.data) - self.seq_len - 1, (self.batch,), generator=g)
         starts = starts[self.rank * self.local : (self.rank + 1) * self.local]
         if self.data.is_cuda:
@@ -127,7 +128,8 @@ class TextDataModule(L.LightningDataModule):
     bptt="full": random windows of `seq_len`; bptt="tbptt": `batch_size` streams read `k1`
     tokens per step. Validation and test read `eval_batch` streams in chunks of
     `eval_len` with the state carried, so every token of the split is scored once with
-    all the context before it in its stream.
+    all the context before it in its stream (but the last few, fewer than `eval_batch`,
+    which do not fill a stream).
     """
 
     def __init__(

@@ -18,9 +18,10 @@ def onehot(ids: Tensor, vocab_size: int, dtype=torch.float32) -> Tensor:
 class OneHotInput(nn.Module):
     """x_t = W . onehot(token_t): the first layer's input from the 1-of-k vector.
 
-    `weight` is (vocab, E), the layout of nn.Embedding, because W . onehot(k) is column k of
-    W: the lookup `Embedding(vocab, E)(k)` computes the same thing without the matmul
-    (tests/test_model.py shows the two agree). Kept for the lecture's formulation.
+    `weight` is (vocab, E), the layout of nn.Embedding: it is W^T, because W . onehot(k) is
+    column k of W (E x vocab), row k of `weight`, and the lookup `Embedding(vocab, E)(k)`
+    computes the same thing without the matmul (tests/test_lm.py shows the two agree). Kept
+    for the lecture's formulation.
     """
 
     def __init__(self, vocab_size: int, dim: int):

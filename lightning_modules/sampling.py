@@ -23,9 +23,20 @@ from lightning_modules.sampling_graph import CHUNK, ChunkSampler, borrowed, weig
 from lightning_modules.vocab import Vocab
 
 
-def check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use argmax for greedy decoding")
+MIN_TEMPERATURE = 1e-3  # below it, logits / T overflow float32 for large logits; greedy decoding anyway
+
+
+def check_temperature(temperature: float, argmax: bool = False) -> None:
+    """softmax(z / T) needs T > 0; argmax (greedy decoding) ignores T."""
+    if argmax:
+        return
+    if not temperature >= MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be >= {MIN_TEMPERATURE}, got {temperature}; use argmax for greedy decoding")
+
+
+def start_id(vocab: Vocab) -> int:
+    """The token an empty prime starts from: a newline (byte 10 at byte level), else token 0."""
+    return vocab.stoi.get(10 if vocab.level == "byte" else "\n", 0)
 
 
 FAST_MAX_STREAMS = 32  # CPU: above this the fused kernel's batching wins (bench/sample_speed.py)
@@ -104,7 +115,7 @@ def sample_ids(
     fast=False runs every step through the model's own forward (the reference path).
     chunk: tokens per `ChunkSampler` call (Gumbel-max, one CUDA graph per chunk on a GPU);
     None: chunks of `sampling_graph.CHUNK` on a GPU, token by token (torch.multinomial) on a CPU."""
-    check_temperature(temperature)
+    check_temperature(temperature, argmax)
     if not prime:
         raise ValueError("the prime must hold at least one token")
     if length < 0 or n < 1:
@@ -156,8 +167,10 @@ def sample_ids(
 
 
 def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500, **kw) -> list[str]:
-    """n strings of `length` new tokens after `prime` (default: a newline, else token 0)."""
-    check_temperature(kw.get("temperature", 1.0))
-    ids = vocab.encode(prime) if prime else [vocab.stoi.get("\n", 0)]
+    """n strings of `length` new tokens after `prime` (default: a newline, else token 0).
+
+    A sample depends on the seed and on `n`: the n streams draw from one generator."""
+    check_temperature(kw.get("temperature", 1.0), kw.get("argmax", False))
+    ids = vocab.encode(prime) if prime else [start_id(vocab)]
     new = sample_ids(model, ids, length, **kw)
     return [prime + vocab.decode(row.tolist()) for row in new]

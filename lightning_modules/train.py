@@ -122,6 +122,11 @@ def make_trainer(cfg: dict, out_dir: str | Path | None, loggers=(), callbacks=()
     )
 
 
+def _saved_step(ckpt: str | Path) -> int:
+    """The global step a checkpoint was saved at."""
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
 def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(), callbacks=(), resume: str | None = None, stop_at: int | None = None) -> dict:
     """Train; return a summary (best val_loss, steps, seconds, tokens/s, checkpoint paths).
 
@@ -138,12 +143,13 @@ def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(),
         v = json.loads(vocab_file.read_text(encoding="utf-8"))
         module.vocab = {"level": v["level"], "tokens": v["tokens"], "unk": v.get("unk")}
     trainer = make_trainer(cfg, out_dir, loggers, callbacks, max_steps=stop_at)
+    start_step = _saved_step(resume) if resume else 0  # tokens/s counts the steps of this call only
     t = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     seconds = time.perf_counter() - t
     ckpt = trainer.checkpoint_callback
     steps = trainer.global_step
-    tokens = steps * cfg["batch_size"] * (cfg["seq_len"] if cfg["bptt"] == "full" else cfg["k1"])
+    tokens = (steps - start_step) * cfg["batch_size"] * (cfg["seq_len"] if cfg["bptt"] == "full" else cfg["k1"])
     best = ckpt.best_model_score if ckpt is not None else trainer.callback_metrics.get("val_loss")
     last_path = Path(out_dir) / "last.ckpt" if out_dir is not None else None
     if best is None and last_path is not None and last_path.is_file():

@@ -140,6 +140,7 @@ class SampleParams:
     prime: str = ""
     seed: int = 1234
     n: int = 1
+    argmax: bool = False  # greedy decoding: temperature, top_k and seed unused
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ POSITIVE = {
     "min_train_tokens",
 }
 NON_NEGATIVE = {"warmup_steps", "weight_decay", "clip", "top_k", "progress_every", "seed"}
+MINIMUM = {"temperature": 1e-3}  # = lightning_modules.sampling.MIN_TEMPERATURE (this module imports no torch)
 
 
 def _check_value(path: str, name: str, value, typ):
@@ -205,6 +207,8 @@ def _check_value(path: str, name: str, value, typ):
         raise UserError(f"{PARAMS}: {path}: must be > 0, got {value!r}")
     if name in NON_NEGATIVE and value < 0:
         raise UserError(f"{PARAMS}: {path}: must be >= 0, got {value!r}")
+    if name in MINIMUM and value < MINIMUM[name]:
+        raise UserError(f"{PARAMS}: {path}: must be >= {MINIMUM[name]}, got {value!r}" + ("; for greedy decoding set sample.argmax: true" if name == "temperature" else ""))
     return value
 
 

@@ -22,10 +22,11 @@ SAMPLES = Path("samples")
 def sample_text(ckpt: Path, sp: SampleParams, argmax: bool = False, device: str = "cpu") -> list[str]:
     """n samples of sp.length tokens after sp.prime from a checkpoint; errors are UserErrors."""
     from lightning_modules.checkpoint import load_checkpoint
-    from lightning_modules.sampling import generate
+    from lightning_modules.sampling import MIN_TEMPERATURE, generate
 
-    if not sp.temperature > 0:
-        raise UserError(f"temperature must be > 0, got {sp.temperature}; use --argmax for greedy decoding")
+    argmax = argmax or sp.argmax
+    if not argmax and not sp.temperature >= MIN_TEMPERATURE:
+        raise UserError(f"temperature must be >= {MIN_TEMPERATURE}, got {sp.temperature}; set sample.argmax (flows.sample: --argmax) for greedy decoding")
     try:
         model, vocab, _ = load_checkpoint(ckpt, map_location=device)
     except (OSError, RuntimeError, ValueError) as e:

@@ -52,8 +52,14 @@ def check_data(corpus: str, params: Params, onehot_root: Path = ONEHOT) -> tuple
             f"corpus {corpus}: the train split has {meta['splits']['train']:,} tokens, fewer than one training window "
             f"({window + 1:,}); lower train.seq_len (or k1 x batch_size) or use a longer corpus"
         )
-    if meta["splits"]["val"] < 2:
-        raise UserError(f"corpus {corpus}: the val split is empty; raise onehot.val_frac")
+    for split in ("val", "test"):  # evaluation reads eval_batch streams of at least one token each
+        n = meta["splits"].get(split, 0)
+        if (split == "val" or n > 0) and n < tp.eval_batch + 1:
+            raise UserError(
+                f"corpus {corpus}: the {split} split has {n:,} tokens, too few for train.eval_batch={tp.eval_batch} "
+                f"evaluation streams (needs {tp.eval_batch + 1:,}); lower train.eval_batch or "
+                + ("raise onehot.val_frac" if split == "val" else "leave more to the test split (onehot.train_frac + val_frac)")
+            )
     return data_dir, meta
 
 

@@ -83,6 +83,9 @@ def test_exact_resume(corpus, tmp_path, regime):
     assert half["steps"] == 12
     resumed = fit(cfg, corpus, tmp_path / "c", resume=str(tmp_path / "b/last.ckpt"))
     assert straight["steps"] == resumed["steps"] == 24
+    per_step = cfg["batch_size"] * (cfg["seq_len"] if cfg["bptt"] == "full" else cfg["k1"])
+    # tokens/s counts the 12 steps this call trained, not the 12 before the resume
+    assert resumed["train_tokens_per_s"] * resumed["train_seconds"] == pytest.approx(12 * per_step)
     a, c = _weights(tmp_path / "a/last.ckpt"), _weights(tmp_path / "c/last.ckpt")
     for k in a:
         assert torch.equal(a[k], c[k]), k
@@ -114,8 +117,12 @@ def test_checkpoint_loads_weights_only_and_samples(corpus, tmp_path):
     new = sample_ids(model, prime, 30, argmax=True)[0].tolist()
     logits, _ = model(torch.tensor([prime + new]))
     assert logits[0, len(prime) - 1 : -1].argmax(-1).tolist() == new
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be >= 0.001"):
         generate(model, vocab, "ROMEO:", 10, temperature=0)
+    with pytest.raises(ValueError, match="temperature must be >= 0.001"):  # 1/T would overflow float32 in the chunked sampler
+        sample_ids(model, prime, 5, temperature=1e-39, chunk=4)
+    greedy = generate(model, vocab, "JULIET:\n", 30, temperature=0, argmax=True)[0]  # argmax ignores T
+    assert greedy == "JULIET:\n" + vocab.decode(new)
     with pytest.raises(ValueError, match=r"missing from the vocabulary: '#', 'Z'"):
         generate(model, vocab, "Z#ROMEO", 10)
 
@@ -342,3 +349,17 @@ def test_io_dropout_and_weight_drop_travel_in_the_checkpoint(corpus, tmp_path):
     m, _, hp = load_checkpoint(tmp_path / "c/best.ckpt")
     assert hp["io_dropout"] == 0.3 and m.in_drop.p == 0.3 and not m.training
     assert hp["weight_drop"] == 0.2 and m.rnn.weight_drop == 0.2
+
+
+def test_an_empty_prime_starts_from_a_newline_at_every_level():
+    from lightning_modules.sampling import start_id
+
+    assert start_id(Vocab("byte", [9, 10, 32, 97])) == 1  # byte 10, not the tab at id 0
+    assert start_id(Vocab("char", ["\t", "\n", "a"])) == 1
+    assert start_id(Vocab("word", ["<unk>", " ", "\n", "the"], unk=0)) == 2
+    assert start_id(Vocab("char", ["a", "b"])) == 0  # no newline: token 0
+    torch.manual_seed(0)
+    v = Vocab("byte", [9, 10, 32, 97])
+    m = CharRNN(4, hidden=8).eval()
+    after_newline = sample_ids(m, [1], 6, argmax=True)[0].tolist()
+    assert generate(m, v, "", 6, argmax=True)[0] == v.decode(after_newline)

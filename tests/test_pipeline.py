@@ -93,7 +93,9 @@ def test_sample_from_registered_model_and_checkpoint(repro):
         assert p.returncode == 0, p.stderr[-2000:]
         assert p.stdout.startswith("JULIET:") and len(p.stdout) >= 60
     e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--temperature", "0", cwd=proj, env=env))
-    assert "temperature must be > 0" in e
+    assert "temperature must be >= 0.001, got 0.0" in e and "--argmax" in e
+    p = run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--argmax", "--temperature", "0", "--length", "20", cwd=proj, env=env)
+    assert p.returncode == 0 and len(p.stdout) >= 20, p.stderr[-2000:]  # greedy decoding ignores the temperature
     e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--prime", "Zebra#", cwd=proj, env=env))
     assert "missing from the vocabulary" in e and "'#'" in e
     e = one_line_error(run_module("flows.sample", "--model", "models:/charlm-nosuch/1", cwd=proj, env=env))
@@ -169,6 +171,11 @@ def test_bad_params_are_one_line_errors(tmp_path):
         assert dvc(proj, "repro", "onehot@tiny", env=env).returncode == 0
         e = one_line_error(run_module("pipeline.train", "tiny", "--set", "preset=gpu", cwd=proj, env=env))
         assert "no CUDA device is visible" in e
+    # evaluation needs eval_batch streams of a token each: a val split too short is one line, before training
+    e = one_line_error(run_module("pipeline.train", "tiny", "--set", "train.eval_batch=100000", cwd=proj, env=env))
+    assert "the val split has" in e and "train.eval_batch=100000" in e and "lower train.eval_batch" in e
+    e = one_line_error(run_module("pipeline.train", "tiny", "--set", "sample.temperature=0.0001", cwd=proj, env=env))
+    assert "sample.temperature: must be >= 0.001, got 0.0001" in e and "sample.argmax" in e
 
 
 def test_train_runs_on_a_bare_box_without_matplotlib(repro, tmp_path, monkeypatch, capsys):
