@@ -160,25 +160,36 @@ class LSTMCell(nn.Module):
         v = self.variant
         return Layout(self.hidden, self.gate_names, self.sig_names, v.input_act, v.output_act, v.coupled, v.peepholes, v.full_recurrence)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    @property
+    def state_widths(self) -> tuple[int, ...]:
+        """The state's widths: (h, C), and for FGR also its sigmoid gates [i, f, o], which
+        feed the next step as h does, so a sequence split into calls carries them."""
+        H = self.hidden
+        return (H, H, len(self.sig_names) * H) if self.weight_gg is not None else (H, H)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The whole sequence at once with hand-written BPTT (`lstm_seq.LSTMSequence`);
-        the same function as `loop`, several times faster."""
-        h, c = state
+        the same function as `loop`, several times faster. state: (h, C), FGR (h, C, [i, f, o])
+        (given as (h, C): gates from zero)."""
+        h, c = state[0], state[1]
         xw = torch.nn.functional.linear(x, self.weight_ih, self.bias)  # (B, T, G*H), hoisted
         p = self.peep
         pi, pf, po = ((p[n] if p is not None and n in p else None) for n in ("i", "f", "o"))
-        y, h, c = LSTMSequence.apply(self.layout(), xw, self.weight_hh, h, c, pi, pf, po, self.weight_gg)
-        return y, (h, c)
+        s0 = state[2] if self.weight_gg is not None and len(state) > 2 else None
+        out = LSTMSequence.apply(self.layout(), xw, self.weight_hh, h, c, pi, pf, po, self.weight_gg, s0)
+        return out[0], tuple(out[1:])
 
-    def loop(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def loop(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         """The reference: one step at a time, autograd records every operation."""
-        h, c = state
+        h, c = state[0], state[1]
         v, H = self.variant, self.hidden
         xw = torch.nn.functional.linear(x, self.weight_ih, self.bias)  # (B, T, G*H), hoisted
         w_hh = self.weight_hh.t()
         idx = {n: k for k, n in enumerate(self.gate_names)}
         peep = self.peep
-        prev_gates = x.new_zeros(x.shape[0], len(self.sig_names) * H) if self.weight_gg is not None else None
+        prev_gates = None
+        if self.weight_gg is not None:
+            prev_gates = state[2] if len(state) > 2 else x.new_zeros(x.shape[0], len(self.sig_names) * H)
         w_gg = self.weight_gg.t() if self.weight_gg is not None else None
         out = []
         for t in range(x.shape[1]):
@@ -217,7 +228,7 @@ class LSTMCell(nn.Module):
                 got = {"i": i, "f": f, "o": o}
                 prev_gates = torch.cat([got[n] for n in self.sig_names], 1)
             out.append(h)
-        return torch.stack(out, 1), (h, c)
+        return torch.stack(out, 1), ((h, c, prev_gates) if w_gg is not None else (h, c))
 
 
 class GRUCell(nn.Module):

@@ -296,9 +296,9 @@ def _peeps(z) -> list:
     return [_ptr(z.peep.get(n, z.zero_peep)) for n in ("i", "f", "o")]
 
 
-def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
+def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, s0: Tensor | None = None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one C call per step; same returns."""
-    return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher)
+    return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher, s0)
 
 
 def _fwd_launcher(z):
@@ -309,9 +309,9 @@ def _fwd_launcher(z):
 
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
-                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
+                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, s0: Tensor | None = None, dsT: Tensor | None = None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one C call per step; same returns."""
-    return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher)
+    return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher, s0, dsT)
 
 
 def _bwd_launcher(z):

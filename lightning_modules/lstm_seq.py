@@ -27,6 +27,11 @@ Backward, t = T .. 1 (d = dL/d, sigma' = s (1 - s), tanh' = 1 - tanh^2):
     dC_{t-1} = dC_t * f_t + p_i * da_i + p_f * da_f
     FGR: the sigmoid gates of step t also feed step t+1: d[i, f, o]_t += R^T da_{t+1}[i, f, o]
 
+FGR's gates are state: [i, f, o]_0 (s_0, zero by default) comes in with h_0 and C_0, and
+[i, f, o]_T goes out with h_T and C_T, so a sequence run in several calls (TBPTT windows,
+evaluation chunks, sampling token by token) is the same network as one call over all of it;
+d[i, f, o]_T (from a later call) enters step T's gates, and ds_0 = R^T da_1[i, f, o].
+
     dW_h = sum_t da_t h_{t-1}^T    dp_i = sum_t da_i * C_{t-1}    dp_o = sum_t da_o * C_t
     dR   = sum_t da_{t+1}[i, f, o] [i, f, o]_t^T          dxw_t = da_t
 
@@ -85,9 +90,11 @@ def _sig_index(lay: Layout, device) -> Tensor:
     return torch.cat([torch.arange(lay.cols(n).start, lay.cols(n).stop, device=device) for n in lay.sig_names])
 
 
-def lstm_forward(lay: Layout, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
+def lstm_forward(lay: Layout, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None,
+                 s0: Tensor | None = None):
     """Run the sequence; returns (Y, C, HC, SG, A): outputs, cell states (C_0..C_T),
-    h(C_t), the FGR gate history and the gate activations, all (B, T[+1], .)."""
+    h(C_t), the FGR gate history and the gate activations, all (B, T[+1], .).
+    s0: FGR's [i, f, o]_0 (B, K*H), None for zeros."""
     B, T, _ = xw.shape
     H = lay.H
     A = xw.clone(memory_format=torch.contiguous_format)
@@ -108,8 +115,8 @@ def lstm_forward(lay: Layout, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, 
     for t in range(T):
         a = A[:, t]
         a.addmm_(h, w_t)
-        if SG is not None and t > 0:  # R [i, f, o]_{t-1}: i, f are a_t's first columns, o its last
-            torch.mm(SG[:, t - 1], w_gg_t, out=r)
+        if SG is not None and (t > 0 or s0 is not None):  # R [i, f, o]_{t-1}: i, f are a_t's first columns, o its last
+            torch.mm(SG[:, t - 1] if t > 0 else s0, w_gg_t, out=r)
             if nf:
                 a[:, :nf].add_(r[:, :nf])
             if lay.has("o"):
@@ -149,8 +156,9 @@ def lstm_forward(lay: Layout, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, 
 
 
 def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
-                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
-    """BPTT through the stored sequence; returns (dxw, dW_h, dh0, dc0, dp dict, dR)."""
+                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, s0: Tensor | None = None, dsT: Tensor | None = None):
+    """BPTT through the stored sequence; returns (dxw, dW_h, dh0, dc0, dp dict, dR, ds0).
+    FGR: s0 as given to the forward, dsT = dL/d[i, f, o]_T (None: zero); ds0 None without s0."""
     Y, C, HC, SG, A = saved
     B, T, _ = A.shape
     H = lay.H
@@ -161,7 +169,7 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
     ones = A.new_ones(B, H)
     tmp = A.new_empty(B, H)
     p_i, p_f, p_o = peep.get("i"), peep.get("f"), peep.get("o")
-    ex = None
+    ex = dsT if w_gg is not None else None  # dL/d[i, f, o]_T from a later call
     sig_idx = _sig_index(lay, A.device) if w_gg is not None else None
     for t in range(T - 1, -1, -1):
         output_grad(t, dY, dhT, dA, w_hh, dh)
@@ -225,8 +233,8 @@ def lstm_backward(lay: Layout, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Ten
             dc.addcmul_(di, p_i)
         if p_f is not None and af is not None:
             dc.addcmul_(df, p_f)
-    dW, dh0, dp, dR = weight_grads(lay, dA, None, Y, C, SG, h0, w_hh, peep, w_gg)
-    return dA, dW, dh0, dc, dp, dR
+    dW, dh0, dp, dR, ds0 = weight_grads(lay, dA, None, Y, C, SG, h0, w_hh, peep, w_gg, s0)
+    return dA, dW, dh0, dc, dp, dR, ds0
 
 
 def output_grad(t: int, dY: Tensor, dhT: Tensor | None, dA: Tensor, w_hh: Tensor, out: Tensor) -> None:
@@ -238,9 +246,10 @@ def output_grad(t: int, dY: Tensor, dhT: Tensor | None, dA: Tensor, w_hh: Tensor
 
 
 def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tensor, SG: Tensor | None,
-                 h0: Tensor, w_hh: Tensor, peep: dict, w_gg: Tensor | None):
+                 h0: Tensor, w_hh: Tensor, peep: dict, w_gg: Tensor | None, s0: Tensor | None = None):
     """After the time loop, each weight gradient as one product over all steps:
-    (dW_h, dh_0, dp dict, dR). dSG: da's sigmoid-gate columns in R's order (None: taken from dA)."""
+    (dW_h, dh_0, dp dict, dR, ds_0). dSG: da's sigmoid-gate columns in R's order (None: taken
+    from dA). FGR with s0: dR also takes step 1's term da_1 s_0^T, and ds_0 = R^T da_1."""
     B, T, _ = dA.shape
     H = lay.H
     h_prev = torch.cat([h0.unsqueeze(1), Y[:, :-1]], 1)
@@ -250,14 +259,18 @@ def weight_grads(lay: Layout, dA: Tensor, dSG: Tensor | None, Y: Tensor, C: Tens
     for n, p in peep.items():
         cs = C[:, 1:] if n == "o" else C[:, :-1]
         dp[n] = (dA[..., lay.cols(n)] * cs).sum((0, 1))
-    dR = None
+    dR = ds0 = None
     if w_gg is not None:
-        if T > 1:
-            dsig = dSG[:, 1:] if dSG is not None else dA[:, 1:].index_select(2, _sig_index(lay, dA.device))
-            dR = dsig.reshape(-1, dsig.shape[2]).t() @ SG[:, :-1].reshape(-1, SG.shape[2])
+        dsig = dSG if dSG is not None else dA.index_select(2, _sig_index(lay, dA.device))  # (B, T, K*H)
+        prev = SG[:, :-1] if s0 is None else torch.cat([s0.unsqueeze(1), SG[:, :-1]], 1)  # [i, f, o]_{t-1}
+        dsig = dsig[:, 1:] if s0 is None else dsig
+        if dsig.shape[1]:
+            dR = dsig.reshape(-1, dsig.shape[2]).t() @ prev.reshape(-1, prev.shape[2])
         else:
             dR = torch.zeros_like(w_gg)
-    return dW, dh0, dp, dR
+        if s0 is not None:
+            ds0 = dsig[:, 0] @ w_gg
+    return dW, dh0, dp, dR, ds0
 
 
 def no_autocast(x: Tensor):
@@ -281,33 +294,37 @@ def _impl(x: Tensor, lay: Layout, name: str):
 
 
 class LSTMSequence(torch.autograd.Function):
-    """y, h_T, C_T = LSTMSequence.apply(layout, xw, W_h, h_0, C_0, p_i, p_f, p_o, R)."""
+    """y, h_T, C_T = LSTMSequence.apply(layout, xw, W_h, h_0, C_0, p_i, p_f, p_o, R[, s_0]);
+    FGR (R given) returns [i, f, o]_T too: y, h_T, C_T, s_T (s_0: None for zeros)."""
 
     @staticmethod
-    def forward(ctx, lay: Layout, xw, w_hh, h0, c0, p_i, p_f, p_o, w_gg):
+    def forward(ctx, lay: Layout, xw, w_hh, h0, c0, p_i, p_f, p_o, w_gg, s0=None):
         dt = torch.promote_types(xw.dtype, w_hh.dtype)
         cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
         xw_, w_hh_, h0_, c0_, w_gg_ = cast(xw), cast(w_hh), cast(h0), cast(c0), cast(w_gg)
+        s0_ = cast(s0) if w_gg is not None else None
         peep = {n: cast(p) for n, p in (("i", p_i), ("f", p_f), ("o", p_o)) if p is not None}
         with no_autocast(xw):
-            Y, C, HC, SG, A = _impl(xw_, lay, "lstm_forward")(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_)
-        ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype)
+            Y, C, HC, SG, A = _impl(xw_, lay, "lstm_forward")(lay, xw_, w_hh_, h0_, c0_, peep, w_gg_, s0_)
+        ctx.lay, ctx.dtypes = lay, (xw.dtype, w_hh.dtype, h0.dtype, c0.dtype, s0.dtype if s0_ is not None else None)
         ctx.peep_names = tuple(peep)
-        ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, *peep.values())
+        ctx.save_for_backward(Y, C, HC, SG, A, w_hh_, h0_, w_gg_, s0_, *peep.values())
+        if SG is not None:
+            return Y, Y[:, -1].clone(), C[:, -1].clone(), SG[:, -1].clone()
         return Y, Y[:, -1].clone(), C[:, -1].clone()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dY, dhT, dcT):
-        Y, C, HC, SG, A, w_hh, h0, w_gg, *pv = ctx.saved_tensors
+    def backward(ctx, dY, dhT, dcT, dsT=None):
+        Y, C, HC, SG, A, w_hh, h0, w_gg, s0, *pv = ctx.saved_tensors
         peep = dict(zip(ctx.peep_names, pv))
         dt = A.dtype
         dY = dY.to(dt) if dY is not None else torch.zeros_like(Y)
+        cast = lambda z: z.to(dt) if z is not None else None  # noqa: E731
         with no_autocast(A):
-            dA, dW, dh0, dc0, dp, dR = _impl(A, ctx.lay, "lstm_backward")(
-                ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY,
-                dhT.to(dt) if dhT is not None else None, dcT.to(dt) if dcT is not None else None)
-        x_dt, w_dt, h_dt, c_dt = ctx.dtypes
+            dA, dW, dh0, dc0, dp, dR, ds0 = _impl(A, ctx.lay, "lstm_backward")(
+                ctx.lay, (Y, C, HC, SG, A), peep, w_hh, w_gg, h0, dY, cast(dhT), cast(dcT), s0, cast(dsT))
+        x_dt, w_dt, h_dt, c_dt, s_dt = ctx.dtypes
         g = lambda n: dp[n].to(w_dt) if n in dp else None  # noqa: E731
         return (None, dA.to(x_dt), dW.to(w_dt), dh0.to(h_dt), dc0.to(c_dt), g("i"), g("f"), g("o"),
-                dR.to(w_dt) if dR is not None else None)
+                dR.to(w_dt) if dR is not None else None, ds0.to(s_dt) if ds0 is not None else None)

@@ -4,8 +4,8 @@ and one kernel call for all the gate arithmetic of `lstm_seq` (same equations, s
 A holds the gate activations written over the pre-activations). A backend supplies
 `make_fwd(bufs) -> step(t)` and `make_bwd(bufs) -> step(t)`; `bufs` names every buffer.
 
-Forward, step t:   A_t += h_{t-1} W_h^T;  FGR: Rb = SG_{t-1} R^T (zero at t = 0);  kernel(t)
-Backward, t = T..1: dh_t = dL/dy_t + da_{t+1} W_h;  FGR: EX = dSG_{t+1} R (zero at t = T);  kernel(t)
+Forward, step t:   A_t += h_{t-1} W_h^T;  FGR: Rb = SG_{t-1} R^T (at t = 0: s_0 R^T, zero without s_0);  kernel(t)
+Backward, t = T..1: dh_t = dL/dy_t + da_{t+1} W_h;  FGR: EX = dSG_{t+1} R (at t = T: dL/ds_T, or zero);  kernel(t)
 then every weight gradient as one product over all steps (`lstm_seq.weight_grads`).
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _check_r(lay, w_gg: Tensor | None) -> None:
                          f"has full_recurrence={lay.full_recurrence}; pass R exactly for FGR")
 
 
-def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, make_fwd):
+def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, make_fwd,
+            s0: Tensor | None = None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
     _check_r(lay, w_gg)
     peep = {n: p.contiguous() for n, p in peep.items()}  # the kernels index raw pointers
@@ -54,15 +55,15 @@ def forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w
     h = h0
     for t in range(T):
         A[:, t].addmm_(h, w_t)
-        if SG is not None and t > 0:
-            torch.mm(SG[:, t - 1], w_gg_t, out=r)
+        if SG is not None and (t > 0 or s0 is not None):
+            torch.mm(SG[:, t - 1] if t > 0 else s0, w_gg_t, out=r)
         step(t)
         h = Y[:, t]
     return Y, C, HC, SG, A
 
 
 def backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
-             dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, make_bwd):
+             dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, make_bwd, s0: Tensor | None = None, dsT: Tensor | None = None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns.
     The kernels index raw pointers, so saved buffers and peepholes are made contiguous here (a
     saved-tensors hook may hand back another layout; a no-op for the usual ones)."""
@@ -80,6 +81,8 @@ def backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h
     dh = A.new_empty(B, H)
     dc = dcT.clone(memory_format=torch.contiguous_format) if dcT is not None else A.new_zeros(B, H)
     ex = A.new_zeros(B, k * H) if w_gg is not None else None
+    if ex is not None and dsT is not None:
+        ex.copy_(dsT)  # dL/d[i, f, o]_T from a later call
     bufs = SimpleNamespace(lay=lay, A=A, C=C, HC=HC, dA=dA, dSG=dSG, dh=dh, dc=dc, EX=ex, peep=peep,
                            B=B, T=T, H=H, G=GH // H, K=k)
     step = make_bwd(bufs)
@@ -88,6 +91,6 @@ def backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h
         if w_gg is not None and t < T - 1:
             torch.mm(dSG[:, t + 1], w_gg, out=ex)
         step(t)
-    dW, dh0, dp, dR = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg)
-    return dA, dW, dh0, dc, dp, dR
+    dW, dh0, dp, dR, ds0 = weight_grads(lay, dA, dSG, Y, C, SG, h0, w_hh, peep, w_gg, s0)
+    return dA, dW, dh0, dc, dp, dR, ds0
 

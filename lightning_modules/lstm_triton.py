@@ -206,15 +206,15 @@ def device_of(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None):
+def lstm_forward(lay, xw: Tensor, w_hh: Tensor, h0: Tensor, c0: Tensor, peep: dict, w_gg: Tensor | None, s0: Tensor | None = None):
     """`lstm_seq.lstm_forward` with the gate arithmetic in one kernel per step; same returns."""
     with device_of(xw):
-        return _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+        return _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
 
 
-def _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg):
+def _lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0=None):
     _check_size(xw)
-    return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher)
+    return lstm_steps.forward(lay, xw, w_hh, h0, c0, peep, w_gg, _fwd_launcher, s0)
 
 
 def _fwd_launcher(z):
@@ -227,10 +227,10 @@ def _fwd_launcher(z):
 
 
 def lstm_backward(lay, saved: tuple, peep: dict, w_hh: Tensor, w_gg: Tensor | None, h0: Tensor,
-                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None):
+                  dY: Tensor, dhT: Tensor | None, dcT: Tensor | None, s0: Tensor | None = None, dsT: Tensor | None = None):
     """`lstm_seq.lstm_backward` with the gate arithmetic in one kernel per step; same returns."""
     with device_of(h0):
-        return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher)
+        return lstm_steps.backward(lay, saved, peep, w_hh, w_gg, h0, dY, dhT, dcT, _bwd_launcher, s0, dsT)
 
 
 def _bwd_launcher(z):

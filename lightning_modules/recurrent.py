@@ -3,8 +3,9 @@
 `RecurrentStack(cell, input_size, hidden, layers, dropout)` runs torch.nn.RNN / LSTM / GRU
 (cuDNN on GPU, oneDNN on CPU) for the cells those kernels implement (`rnn`, `lstm`,
 `gru`) and the cells of `cells.py` for everything else (the Greff variants, the slide's
-GRU). Both paths take and return the state as a tuple of (L, B, H) tensors: (h, C) for
-LSTM cells, (h,) otherwise. Dropout acts between layers, as in torch.nn.
+GRU). Both paths take and return the state as a tuple of (L, B, width) tensors: (h, C) for
+LSTM cells, (h,) otherwise, and for FGR (h, C, [i, f, o]) (its gates feed the next step;
+`init_state` makes the right widths). Dropout acts between layers, as in torch.nn.
 
 `weight_drop` p > 0 is DropConnect on the recurrent weights (Wan et al. 2013; the
 weight-dropped LSTM of Merity, Keskar & Socher 2017): in training, each forward call draws
@@ -61,8 +62,10 @@ class RecurrentStack(nn.Module):
             self.drop = nn.Dropout(dropout)
 
     def init_state(self, batch: int, device=None, dtype=None) -> tuple[Tensor, ...]:
-        z = torch.zeros(self.num_layers, batch, self.hidden, device=device, dtype=dtype)
-        return (z, z.clone()) if self.has_cell else (z,)
+        widths = (self.hidden,) * (2 if self.has_cell else 1)
+        if not self.fused:
+            widths = getattr(self.layers[0], "state_widths", widths)
+        return tuple(torch.zeros(self.num_layers, batch, w, device=device, dtype=dtype) for w in widths)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...] | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
         """x (B, T, input_size) -> y (B, T, H), state: tuple of (L, B, H)."""

@@ -201,8 +201,8 @@ def test_hand_written_bptt_equals_the_autograd_loop(variant, steps):
     w = torch.randn(B, steps, H)
     got = []
     for run in (m.forward, m.loop):
-        y, (h, c) = run(x, (h0, c0))
-        loss = (y * w).sum() + (h**2).sum() + (c.sin()).sum()
+        y, (h, c, *gates) = run(x, (h0, c0))  # FGR: its gates [i, f, o]_T too
+        loss = (y * w).sum() + (h**2).sum() + (c.sin()).sum() + sum(g.cos().sum() for g in gates)
         got.append((y, h, c, *torch.autograd.grad(loss, [x, h0, c0, *m.parameters()])))
     names = ["y", "h_T", "C_T", "dx", "dh0", "dC0", *(f"d{n}" for n, _ in m.named_parameters())]
     for name, a, b in zip(names, *got):
@@ -379,3 +379,53 @@ def test_weight_drop_leaves_the_fused_modules_parameters_in_place(cell, monkeypa
     assert flattened == [] and all(a is b for a, b in zip(params, st.rnn._flat_weights))
     assert [p._version for p in params] == versions
     assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_sequence_split_into_calls_is_the_same_network(cell, dtype):
+    """TBPTT windows, evaluation chunks and sampling run a sequence in several calls with the
+    state carried: outputs and gradients must equal one call over all of it. FGR's gates feed
+    the next step, so they are state too (float64: the torch ops; float32: the C kernels)."""
+    from lightning_modules.lm import CharRNN
+
+    torch.manual_seed(3)
+    m = CharRNN(11, cell, hidden=H, layers=L).to(dtype)
+    x = torch.randint(0, 11, (B, 9))
+    whole, _ = m(x)
+    whole.square().sum().backward()
+    want = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    a, s = m(x[:, :4])
+    b, _ = m(x[:, 4:], s)  # the state not detached: the gradient flows back into the first call
+    (a.square().sum() + b.square().sum()).backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (torch.cat([a, b], 1) - whole).abs().max().item() < tol
+    for p, g in zip(m.parameters(), want):
+        assert (p.grad - g).abs().max().item() < tol * 10
+    with torch.no_grad():  # token by token, as the sampler runs it
+        s, steps = None, []
+        for t in range(x.shape[1]):
+            y, s = m(x[:, t : t + 1], s)
+            steps.append(y)
+        assert (torch.cat(steps, 1) - whole).abs().max().item() < tol
+
+
+def test_fgr_carries_its_gates_in_the_state_and_the_loop_agrees():
+    torch.manual_seed(4)
+    m = LSTMCell(I, H, "lstm-fgr").double()
+    assert m.state_widths == (H, H, 3 * H)
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    h, c, s = (torch.randn(B, w, dtype=torch.float64, requires_grad=True) for w in m.state_widths)
+    y1, st1 = m(x, (h, c, s))
+    y2, st2 = m.loop(x, (h, c, s))
+    assert len(st1) == len(st2) == 3
+    assert torch.allclose(y1, y2, atol=1e-12) and all(torch.allclose(u, v, atol=1e-12) for u, v in zip(st1, st2))
+    # gradients of the carried gates, in and out (the R^T da_1 and dL/ds_T terms of the BPTT)
+    f = lambda *a: (lambda y, st: y.sum() + (st[2] * torch.linspace(-1, 1, 3 * H, dtype=torch.float64)).sum())(*m(x, a))  # noqa: E731
+    assert torch.autograd.gradcheck(f, (h, c, s))
+    g1 = torch.autograd.grad(y1.sum() + st1[2].sum(), (s, m.weight_gg))
+    g2 = torch.autograd.grad(y2.sum() + st2[2].sum(), (s, m.weight_gg))
+    assert all(torch.allclose(u, v, atol=1e-12) for u, v in zip(g1, g2))
+    y0, st0 = m(x, (h, c))  # (h, C) alone: the gates start from zero
+    assert torch.allclose(y0, m(x, (h, c, torch.zeros_like(s)))[0])

@@ -363,3 +363,18 @@ def test_an_empty_prime_starts_from_a_newline_at_every_level():
     m = CharRNN(4, hidden=8).eval()
     after_newline = sample_ids(m, [1], 6, argmax=True)[0].tolist()
     assert generate(m, v, "", 6, argmax=True)[0] == v.decode(after_newline)
+
+
+@pytest.mark.parametrize("cell", ["lstm-fgr", "lstm-v", "gru-lecture"])
+def test_greedy_sampling_follows_the_models_own_argmax_for_equation_cells(cell):
+    """Sampling runs one call per token: the carried state (FGR: its gates too) must make that
+    the network a single pass over the whole text is."""
+    torch.manual_seed(2)
+    m = CharRNN(12, cell, hidden=16, layers=2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.7, 0.7)  # strong recurrences, so a dropped state would show
+    prime = [3, 1, 4, 1, 5]
+    new = sample_ids(m, prime, 40, argmax=True)[0].tolist()
+    logits, _ = m(torch.tensor([prime + new]))
+    assert logits[0, len(prime) - 1 : -1].argmax(-1).tolist() == new

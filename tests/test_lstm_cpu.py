@@ -43,7 +43,14 @@ def test_c_kernels_equal_the_torch_op_bptt(name):
     dY, dhT, dcT = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)
     gr = lstm_seq.lstm_backward(lay, ref, peep, w_hh, w_gg, h0, dY, dhT, dcT)
     gg = lstm_cpu.lstm_backward(lay, got, peep, w_hh, w_gg, h0, dY, dhT, dcT)
-    for k, (r, g) in enumerate(zip(ref + gr, got + gg)):  # buffers, then (dxw, dW_h, dh0, dc0, dp, dR)
+    if w_gg is not None:  # FGR's carried gates, in (s_0) and out (dL/ds_T)
+        s0, dsT = torch.rand(B, w_gg.shape[0]), torch.randn(B, w_gg.shape[0])
+        ref = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
+        got = lstm_cpu.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
+        gr = lstm_seq.lstm_backward(lay, ref, peep, w_hh, w_gg, h0, dY, dhT, dcT, s0, dsT)
+        gg = lstm_cpu.lstm_backward(lay, got, peep, w_hh, w_gg, h0, dY, dhT, dcT, s0, dsT)
+        assert gr[-1] is not None
+    for k, (r, g) in enumerate(zip(ref + gr, got + gg)):  # buffers, then (dxw, dW_h, dh0, dc0, dp, dR, ds0)
         if isinstance(r, dict):
             assert r.keys() == g.keys(), name
             r, g = (torch.cat(list(r.values())), torch.cat(list(g.values()))) if r else (None, None)

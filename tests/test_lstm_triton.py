@@ -42,12 +42,14 @@ for name in LSTM_NAMES:
     peep = {n: p.detach() for n, p in (cell.peep.items() if cell.peep is not None else [])}
     w_hh = cell.weight_hh.detach()
     w_gg = cell.weight_gg.detach() if cell.weight_gg is not None else None
-    ref = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
-    got = lstm_triton.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
+    s0 = torch.rand(B, w_gg.shape[0]) if w_gg is not None else None  # FGR's carried gates
+    dsT = torch.randn(B, w_gg.shape[0]) if w_gg is not None else None
+    ref = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
+    got = lstm_triton.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
     dY, dhT, dcT = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)
-    gr = lstm_seq.lstm_backward(lay, ref, peep, w_hh, w_gg, h0, dY, dhT, dcT)
-    gg = lstm_triton.lstm_backward(lay, got, peep, w_hh, w_gg, h0, dY, dhT, dcT)
-    for r, g in zip(ref + gr, got + gg):  # forward buffers, then (dxw, dW_h, dh0, dc0, dp, dR)
+    gr = lstm_seq.lstm_backward(lay, ref, peep, w_hh, w_gg, h0, dY, dhT, dcT, s0, dsT)
+    gg = lstm_triton.lstm_backward(lay, got, peep, w_hh, w_gg, h0, dY, dhT, dcT, s0, dsT)
+    for r, g in zip(ref + gr, got + gg):  # forward buffers, then (dxw, dW_h, dh0, dc0, dp, dR, ds0)
         if isinstance(r, dict):
             assert r.keys() == g.keys(), name
             r, g = (torch.cat(list(r.values())), torch.cat(list(g.values()))) if r else (None, None)
@@ -146,12 +148,14 @@ def test_graph_plumbing_copies_in_replays_and_clones_out():
     first = None
     for seed in (1, 2):
         xw, h0, c0 = args(seed)
-        want = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg)
-        got = lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, replay_cls=lstm_graph.EagerReplay)
+        s0 = torch.rand(B, 3 * H)  # FGR's carried gates
+        want = lstm_seq.lstm_forward(lay, xw, w_hh, h0, c0, peep, w_gg, s0)
+        got = lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, s0, replay_cls=lstm_graph.EagerReplay)
         assert all(torch.equal(a, b) for a, b in zip(want, got))  # new inputs reached the replay
-        dY, dh, dc = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H)
-        gw = lstm_seq.lstm_backward(lay, want, peep, w_hh, w_gg, h0, dY, dh, dc)
-        gg = lstm_graph.run(lstm_seq.lstm_backward, lay, got, peep, w_hh, w_gg, h0, dY, dh, dc, replay_cls=lstm_graph.EagerReplay)
+        dY, dh, dc, ds = torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H), torch.randn(B, 3 * H)
+        gw = lstm_seq.lstm_backward(lay, want, peep, w_hh, w_gg, h0, dY, dh, dc, s0, ds)
+        gg = lstm_graph.run(lstm_seq.lstm_backward, lay, got, peep, w_hh, w_gg, h0, dY, dh, dc, s0, ds, replay_cls=lstm_graph.EagerReplay)
+        assert len(gw) == 7 and gw[-1] is not None  # ds0
         for a, b in zip(gw, gg):
             if isinstance(a, dict):
                 assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -163,7 +167,7 @@ def test_graph_plumbing_copies_in_replays_and_clones_out():
     assert len(lstm_graph._GRAPHS) == 2  # forward and backward, each captured once
     for b in range(2, 2 + lstm_graph.MAX_GRAPHS):  # new shapes: new graphs, the oldest dropped
         xw, h0, c0 = args(0, b)
-        lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, replay_cls=lstm_graph.EagerReplay)
+        lstm_graph.run(lstm_seq.lstm_forward, lay, xw, w_hh, h0, c0, peep, w_gg, None, replay_cls=lstm_graph.EagerReplay)
     assert len(lstm_graph._GRAPHS) == lstm_graph.MAX_GRAPHS
     assert not lstm_graph.enabled(torch.zeros(1))  # CPU tensors never take the graph path
     lstm_graph.clear()
