@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import Params, build
+from pipeline.config import PARAMS, Params, build
 from pipeline.errors import UserError
 
 REPORTS = Path("reports")
@@ -36,6 +36,29 @@ def preset_section(params: Params, name: str) -> dict:
 def study_params(params: Params, name: str, cls):
     """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`."""
     return build(cls, preset_section(params, name), f"studies.{name}")
+
+
+def at_least(obj, path: str, keys: tuple[str, ...], low: int = 1) -> None:
+    """Each of `keys` (integers) must be >= `low`: one line naming the param otherwise."""
+    for key in keys:
+        v = getattr(obj, key)
+        if v < low:
+            raise UserError(f"{PARAMS}: {path}.{key}: must be >= {low}, got {v!r}; set it to {low} or more")
+
+
+def above_zero(obj, path: str, keys: tuple[str, ...]) -> None:
+    """Each of `keys` (numbers) must be > 0: one line naming the param otherwise."""
+    for key in keys:
+        v = getattr(obj, key)
+        if not v > 0:
+            raise UserError(f"{PARAMS}: {path}.{key}: must be > 0, got {v!r}; set a positive value")
+
+
+def ordered(obj, path: str, low: str, high: str) -> None:
+    """Range bounds: `low` <= `high`."""
+    if getattr(obj, low) > getattr(obj, high):
+        raise UserError(f"{PARAMS}: {path}.{low}: {getattr(obj, low)!r} is above {path}.{high}={getattr(obj, high)!r}; "
+                        f"make {low} <= {high}")
 
 
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, floatfmt: str = ".4g") -> Path:

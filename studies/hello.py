@@ -22,9 +22,10 @@ from torch import nn
 
 from lightning_modules.cells import make_cell
 from lightning_modules.onehot import onehot
-from pipeline.config import load_params
+from pipeline.atomic import atomic_dir
+from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, log_study, pyplot, save_png, study_params, write_result, write_table
 
 ALPHABET = "helo"
 
@@ -37,6 +38,13 @@ class HelloParams:
     lr: float = 0.05
     steps: int = 600
     seed: int = 0
+
+    def validate(self, path: str) -> None:
+        """Bad settings fail here, in one line, before any training or report file."""
+        if len(self.word) < 2:
+            raise UserError(f"{PARAMS}: {path}.word: needs at least 2 letters, got {self.word!r}; give a longer word")
+        at_least(self, path, ("steps", "hidden"))
+        above_zero(self, path, ("lr",))
 
 
 class Speller(nn.Module):
@@ -59,8 +67,6 @@ class Speller(nn.Module):
 
 def train(hp: HelloParams):
     letters = sorted(set(hp.word), key=ALPHABET.index) if set(hp.word) <= set(ALPHABET) else sorted(set(hp.word))
-    if len(hp.word) < 2:
-        raise UserError(f"studies.hello.word: needs at least 2 letters, got {hp.word!r}")
     stoi = {c: i for i, c in enumerate(letters)}
     ids = torch.tensor([[stoi[c] for c in hp.word]])
     x, y = ids[:, :-1], ids[:, 1:]  # "hell" -> "ello"
@@ -101,24 +107,27 @@ def run(params, out_dir: Path = REPORTS / "hello") -> dict:
         [{"step": t + 1, "input": inp, **{f"P({c})": p[i] for i, c in enumerate(letters)}, "target": hp.word[t + 1], "output": out}
          for t, (inp, p, out) in enumerate(rows)]
     )
-    write_table(table, out_dir, "probabilities", floatfmt=".3f")
-    plt = pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.semilogy(losses)
-    a.set_xlabel("training step")
-    a.set_ylabel("cross-entropy (nats)")
-    a.set_title(f"{hp.cell}, {hp.hidden} hidden units")
-    im = b.imshow(table[[f"P({c})" for c in letters]].to_numpy().T, vmin=0, vmax=1, cmap="Greens")
-    b.set_yticks(range(len(letters)), letters)
-    b.set_xticks(range(len(rows)), [f"{r[0]}->" for r in rows])
-    b.set_title(f'fed its own outputs: "{word}"')
-    fig.colorbar(im, ax=b)
-    png = save_png(fig, out_dir / "hello.png")
-    result = {"word": hp.word, "spelled": word, "correct": word == hp.word, "hidden_units": model.rnn.hidden,
-              "final_loss": losses[-1], "steps": hp.steps}
-    res = write_result(out_dir, result)
+    # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
+    # fails half-way leaves the last complete report, not some of its files
+    with atomic_dir(out_dir) as out:
+        write_table(table, out, "probabilities", floatfmt=".3f")
+        plt = pyplot()
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+        a.semilogy(losses)
+        a.set_xlabel("training step")
+        a.set_ylabel("cross-entropy (nats)")
+        a.set_title(f"{hp.cell}, {hp.hidden} hidden units")
+        im = b.imshow(table[[f"P({c})" for c in letters]].to_numpy().T, vmin=0, vmax=1, cmap="Greens")
+        b.set_yticks(range(len(letters)), letters)
+        b.set_xticks(range(len(rows)), [f"{r[0]}->" for r in rows])
+        b.set_title(f'fed its own outputs: "{word}"')
+        fig.colorbar(im, ax=b)
+        save_png(fig, out / "hello.png")
+        result = {"word": hp.word, "spelled": word, "correct": word == hp.word, "hidden_units": model.rnn.hidden,
+                  "final_loss": losses[-1], "steps": hp.steps}
+        write_result(out, result)
     log_study(params, "hello", f"{hp.cell}-{hp.hidden}", hp, {"final_loss": losses[-1], "correct": float(word == hp.word)},
-              [out_dir / "probabilities.csv", out_dir / "probabilities.md", png, res])
+              [out_dir / "probabilities.csv", out_dir / "probabilities.md", out_dir / "hello.png", out_dir / "result.json"])
     return result
 
 
@@ -126,8 +135,9 @@ def run(params, out_dir: Path = REPORTS / "hello") -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a param (repeatable)")
     a = ap.parse_args(argv)
-    r = run(load_params(a.params))
+    r = run(load_params(a.params, parse_sets(a.set)))
     print(f"hello: fed '{r['word'][0]}', the {r['hidden_units']}-neuron network spells '{r['spelled']}' "
           f"({'correct' if r['correct'] else 'WRONG'}; final loss {r['final_loss']:.4f}) -> {REPORTS / 'hello'}")
 

@@ -1,0 +1,64 @@
+"""Bad study params: one `error:` line naming the param, before any work; the report folder untouched."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from tests.conftest import ROOT, one_line_error, run_module
+
+BAD = [
+    ("hello", "studies.hello.steps=0", "studies.hello.steps: must be >= 1"),
+    ("hello", "studies.hello.word=h", "studies.hello.word: needs at least 2 letters"),
+    ("vanishing", "studies.vanishing.steps=0", "studies.vanishing.steps: must be >= 1"),
+    ("vanishing", "studies.vanishing.lengths=[]", "studies.vanishing.lengths: empty"),
+    ("vanishing", "studies.vanishing.lengths=[20,0]", "studies.vanishing.lengths: every T must be >= 4"),
+    ("vanishing", "studies.vanishing.test_sequences=0", "studies.vanishing.test_sequences: must be >= 1"),
+    ("vanishing", "studies.vanishing.workers=-1", "studies.vanishing.workers: must be >= 0"),
+    ("bptt", "studies.bptt.full_len=0", "studies.bptt.full_len: must be >= 1"),
+    ("bptt", "studies.bptt.k1_eq_k2=[16,0]", "studies.bptt.k1_eq_k2: every K must be >= 1"),
+    ("bptt", "studies.bptt.k1_eq_k2=[-16]", "studies.bptt.k1_eq_k2: every K must be >= 1"),
+    ("bptt", "studies.bptt.k1_lt_k2=['64:32']", "studies.bptt.k1_lt_k2: '64:32' needs 0 < K1 <= K2"),
+    ("bptt", "studies.bptt.k1_lt_k2=['0:16']", "studies.bptt.k1_lt_k2: '0:16' needs 0 < K1 <= K2"),
+    ("variants", "studies.variants.hidden_min=0", "studies.variants.hidden_min: must be >= 1"),
+    ("variants", "studies.variants.hidden_min=80", "studies.variants.hidden_min: 80 is above studies.variants.hidden_max=64"),
+    ("variants", "studies.variants.lr_min=0", "studies.variants.lr_min: must be > 0"),
+    ("variants", "studies.variants.lr_min=0.1", "studies.variants.lr_min: 0.1 is above studies.variants.lr_max=0.01"),
+    ("variants", "studies.variants.trials=0", "studies.variants.trials: must be >= 1"),
+    ("variants", "studies.variants.workers=-1", "studies.variants.workers: must be >= 0"),
+    ("variants", "studies.variants.tasks=[]", "studies.variants.tasks: empty"),
+    ("variants", "studies.variants.variants=[V,GRU,GRU]", "studies.variants.variants: ['GRU'] listed twice"),
+]
+
+
+def _report(tmp_path, study):
+    """A previous report in reports/<study> under the working folder; its bytes, to compare after."""
+    d = tmp_path / "reports" / study
+    d.mkdir(parents=True)
+    (d / "result.json").write_text('{"previous": true}\n')
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("study,setting,message", BAD, ids=[b[1] for b in BAD])
+def test_bad_study_param_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, study, setting, message):
+    before = _report(tmp_path, study)
+    monkeypatch.chdir(tmp_path)  # the entry point writes reports/<study> under the working folder
+    main = importlib.import_module(f"studies.{study}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--params", str(ROOT / "params.yaml"), "--set", "tracking.enabled=false", "--set", setting])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "; " in lines[0]  # the problem, then the fix
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [study]  # no half-made folder beside it
+    assert {p.name: p.read_bytes() for p in (tmp_path / "reports" / study).iterdir()} == before
+
+
+def test_bad_study_param_from_the_command_line(tmp_path):
+    """The same through `python -m`, as a user runs it."""
+    before = _report(tmp_path, "vanishing")
+    p = run_module("studies.vanishing", "--params", ROOT / "params.yaml", "--set", "tracking.enabled=false",
+                   "--set", "studies.vanishing.steps=0", cwd=tmp_path)
+    assert "studies.vanishing.steps: must be >= 1, got 0" in one_line_error(p)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "reports/vanishing").iterdir()} == before
