@@ -114,7 +114,8 @@ def test_variants_study_tiny(tmp_path, jsb_dir):
     for task in ("jsb", "text"):
         s = pd.read_csv(tmp_path / f"var/summary_{task}.csv")
         assert list(s.variant) == ["V", "NFG", "GRU"] and (s.trials == 2).all()
-        assert np.isnan(s.p_value[0]) and s.p_value[1:].between(0, 1).all()
+        assert np.isnan(s.paired_p[0]) and s.paired_p[1:].between(0, 1).all() and (s.pairs[1:] == 2).all()
+        assert (s.holm_p[1:] >= s.paired_p[1:]).all() and s.wilcoxon_p.isna().all()  # 2 pairs: no signed-rank test
         trials = pd.read_csv(tmp_path / f"var/trials_{task}.csv")
         assert len(trials) == 6  # read back from MLflow: this invocation's runs only
     assert "Significantly worse than V" in r["reading"][0]
@@ -181,12 +182,19 @@ def test_variants_reading_cites_only_the_variants_that_ran():
     from studies.variants import reading
 
     def summary(names, trials):
+        sig = [False] + [True] * (len(names) - 1)
         return pd.DataFrame({"variant": names, "trials": trials, "median": 8.7, "best": [8.5 + 0.01 * k for k in range(len(names))],
-                             "significant (p<0.05)": [False] + [True] * (len(names) - 1), "worse than V": [False] + [True] * (len(names) - 1)})
+                             "params (median)": 20000, "holm_p": [np.nan] + [0.01] * (len(names) - 1),
+                             "significant (Holm p<0.05)": sig, "worse than V": sig})
 
     chung = reading("jsb", summary(["V", "GRU", "RNN"], 20), "NLL")
-    assert "Significantly worse than V (Welch's t-test, p < 0.05): GRU, RNN." in chung
+    assert ("Significantly worse than V (paired t-test over the 20 shared (lr, hidden) draws, Holm-corrected over the"
+            " 2 variants tested, p < 0.05): GRU, RNN.") in chung
+    assert "equal width, not at equal parameters" in chung and "wilcoxon_p" in chung
     assert "NOAF" not in chung and "Chung et al. 2014" in chung
     greff = reading("jsb", summary(["V", "NOAF", "NFG"], 20), "NLL")
     assert "Greff et al. found NOAF and NFG" in greff
-    assert "little power" in reading("jsb", summary(["V", "NOAF"], 4), "NLL")
+    few = reading("jsb", summary(["V", "NOAF"], 4), "NLL")
+    assert "little power" in few and "Wilcoxon signed-rank test is left out" in few and "0.125" in few
+    text = reading("text", summary(["V", "NOAF"], 4), "nats/char", baseline=8.7, steps=146)
+    assert "after 146 optimizer steps" in text and "scores 8.700" in text and "the median of V, NOAF is not below it" in text
