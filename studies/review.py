@@ -7,7 +7,9 @@ studies and this page changes with them (nothing here is pasted by hand).
 """
 from __future__ import annotations
 
+import csv
 import json
+import statistics
 from pathlib import Path
 
 from pipeline.atomic import write_text
@@ -50,9 +52,11 @@ def render(reports: Path = REPORTS) -> str:
         "",
         "![solved share against T](../reports/vanishing/adding.png)",
         "",
+        adding_line(van),
+        "",
         f"How much the loss at the last step still depends on the input T - t steps earlier (mean norm of dL_T/dx_t,"
         f" T = {van['T_gradient']}); the ratio of the gradient at the far end (last 10% of lags) to the near end (first"
-        f" 10%) after training is {ratios}:",
+        f" 10%) after training is {ratios}. {gradient_line(van)}",
         "",
         "![gradient against lag](../reports/vanishing/gradient_lag.png)",
         "",
@@ -60,6 +64,8 @@ def render(reports: Path = REPORTS) -> str:
         " credit assignment. Same model, same number of training characters:",
         "",
         _md(reports / "bptt/tradeoff.md"),
+        "",
+        bptt_line(_json(reports / "bptt/result.json")),
         "",
         "![cost against quality](../reports/bptt/tradeoff.png)",
         "",
@@ -71,22 +77,31 @@ def render(reports: Path = REPORTS) -> str:
         "    f_t  = sigma(W_f . [h_{t-1}, x_t] + b_f)      forget gate: how much of C_{t-1} to keep",
         "    i_t  = sigma(W_i . [h_{t-1}, x_t] + b_i)      input gate: how much of the candidate to write",
         "    C~_t = tanh(W_C . [h_{t-1}, x_t] + b_C)       candidate (input activation g)",
-        "    C_t  = f_t * C_{t-1} + i_t * C~_t             state update: additive, so gradients survive",
+        "    C_t  = f_t * C_{t-1} + i_t * C~_t             state update: additive, dC_t/dC_{t-1} = f_t (no weight matrix, no squashing)",
         "    o_t  = sigma(W_o . [h_{t-1}, x_t] + b_o)      output gate: how much of the state to show",
         "    h_t  = o_t * tanh(C_t)                        output (output activation h)",
         "",
-        "Which parts matter? Greff et al.'s variants, each with one part removed or changed, random search"
-        " per variant, Welch's t-test against the vanilla LSTM with peepholes (V):",
+        "On that path the gradient is multiplied by f_t alone, so it survives as long as the forget gate stays"
+        " near 1; whether a trained LSTM keeps it is up to training (section 1 shows where it did and where it did not).",
+        "",
+        "Which parts matter? Greff et al.'s variants, each with one part removed or changed, the same random-search"
+        " draws (lr, hidden) for every variant, a paired t-test over the shared draws against the vanilla LSTM with"
+        " peepholes (V), Holm-corrected over the variants of a task:",
         "",
     ]
     for task in ("jsb", "text"):
         f = reports / f"variants/summary_{task}.md"
         if f.is_file():
-            lines += [f"### {'Polyphonic music (JSB Chorales), test NLL per time step' if task == 'jsb' else 'Characters (Tiny Shakespeare), val loss in nats/char'}", "", _md(f), ""]
+            head = ("Polyphonic music (JSB Chorales), test NLL per time step" if task == "jsb"
+                    else "Characters (Tiny Shakespeare), val loss in nats/char: early training")
+            lines += [f"### {head}", "", _md(f), ""]
+            if task == "text":
+                lines += [text_line(var), ""]
     lines += [_md(reports / "variants/reading.md"), "", "![variant box plots](../reports/variants/boxplots.png)", ""]
     lines += chung_section(reports)
     gru_line = "; ".join(f"{t}: GRU best {b.get('GRU', float('nan')):.3f} vs LSTM-V best {b.get('V', float('nan')):.3f}"
-                         for t, b in best.items())
+                         for t, b in best.items() if t != "text")  # text: early-training numbers (section 2)
+    gru_line = (gru_line + " (at equal width: the GRU has about 3/4 of the LSTM's parameters)") if gru_line else "no JSB run"
     lines += [
         "## 3. How does a GRU differ from an LSTM?",
         "",
@@ -104,6 +119,79 @@ def render(reports: Path = REPORTS) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def adding_line(van: dict) -> str:
+    """What the adding table shows at the longest T, from the numbers: who solved it, who sits at chance."""
+    T = max(r["T"] for r in van["adding"])
+    last = [r for r in van["adding"] if r["T"] == T]
+    solved = [r["cell"] for r in last if r["solved (acc > 0.95)"]]
+    failed = [f"{r['cell']} {r['accuracy']:.3f}" for r in last if not r["solved (acc > 0.95)"]]
+    chance = ""
+    if "chance_accuracy" in van:  # reports written before the key lack it
+        a = 4 * van["solved_below"]
+        chance = (f"A constant guess of 0.5 solves {van['chance_accuracy']:.4f} of the sequences (those with"
+                  f" |X_a + X_b| < {a:.2f}, probability a - a^2/4 for a = {a:.2f}; its MSE is 1/24 = 0.0417; the dotted line). ")
+    return (chance + f"At T = {T}, solved in these runs: {', '.join(solved) or 'none'}; not solved: {', '.join(failed) or 'none'}"
+            " (share solved). A failure says that this size and budget were not enough here, not that the cell cannot learn the task.")
+
+
+def gradient_line(van: dict) -> str:
+    """How to read the far/near ratios: only a model that solved the task says something about gradient flow."""
+    T = van["T_gradient"]
+    solved = {r["cell"] for r in van["adding"] if r["T"] == T and r["solved (acc > 0.95)"]}
+    kept = [c for c, r in van["far_to_near_gradient_ratio"].items() if r >= 1e-2]
+    return (f"In these runs the gradient from the far end survives training in {', '.join(kept) or 'no cell'}"
+            f" and the task at T = {T} is solved by {', '.join(sorted(solved)) or 'no cell'}. A ratio describes gradient"
+            " flow only for a model that solved the task: one that did not has learned to ignore the early inputs,"
+            " and a solver learns to ignore the last tenth of the inputs (never marked), which raises its ratio; the"
+            " ratio mixes what the task asks for with how far the gradient travels.")
+
+
+def bptt_line(b: dict) -> str:
+    """What the BPTT table does and does not show: equal characters are not equal updates."""
+    rows = b["rows"]
+    steps = ", ".join(f"{r['regime']} {r['steps']:,}" for r in rows)
+    same_k1 = [(r, q) for r in rows for q in rows if r["bptt"] == q["bptt"] == "tbptt" and r["k1"] == q["k1"] and r["k2"] < q["k2"]]
+    pair = "; ".join(f"{r['regime']} {r['val_loss']:.3f} against {q['regime']} {q['val_loss']:.3f} ({r['steps']:,} steps each)"
+                     for r, q in same_k1)
+    return (f"Equal characters are not equal updates: the optimizer steps are {steps}. The val_loss column follows the"
+            " number of updates, so it does not show that shorter truncation makes a better model"
+            + (f"; like for like (same K1, so the same updates and characters, one seed): {pair}." if pair else ".")
+            + " The seconds are the wall time of Lightning's whole fit (its setup, the final validation and the"
+            " checkpoint writes as well as the steps), which narrows the cost ratios of these short runs. Every regime is"
+            " scored on long streams with the state carried; full BPTT trained from a zero state on windows of its T only.")
+
+
+def text_line(var: dict) -> str:
+    """The text task's numbers against a character-bigram model, when the report has it."""
+    b = (var.get("bigram_nats_per_char") or {}).get("text")
+    steps = var.get("text_steps", 146)  # reports written before the key: the default budget's 300,000 / (32 x 64)
+    base = (f" A character-bigram model counted on the training split scores {b:.3f} nats/char on the same val split;"
+            " a variant whose median is not below it has learned little more than which character follows which.") if b else ""
+    return (f"These are early-training numbers ({steps:,} optimizer steps per trial): they rank how fast each variant"
+            " learns in its first steps, not which parts matter at the end." + base)
+
+
+def _trials(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def params_line(reports: Path) -> str:
+    """Parameter counts per cell in the full JSB search (all cells share the hidden sizes)."""
+    f = reports / "variants_full/trials_jsb.csv"
+    if not f.is_file():
+        return ""
+    rows = _trials(f)
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append((float(r["test_score"]), int(float(r["params"]))))
+    counts = "; ".join(f"{v} {min(p for _, p in t):,} / {statistics.median(p for _, p in t):,.0f} / {max(p for _, p in t):,}"
+                       for v, t in by.items())
+    bests = ", ".join(f"{v} {min(t)[1]:,}" for v, t in by.items())
+    return (" The cells share the hidden sizes, so this is a comparison at equal width, not at Chung's equal parameter"
+            f" count: parameters per cell (min / median / max) {counts}; the best trial of each has {bests}.")
 
 
 def _tasks(reports: Path) -> dict | None:
@@ -168,7 +256,7 @@ def chung_section(reports: Path) -> list[str]:
         _md(reports / "variants_full/summary_jsb.md"),
         "",
         "Best trial against the paper: " + "; ".join(rows) + ". The bar (best LSTM and GRU <= 8.67) is "
-        + ("met." if met else "not met.") + " Parameter counts per trial: `reports/variants_full/trials_jsb.md`.",
+        + ("met." if met else "not met.") + params_line(reports) + " Parameter counts per trial: `reports/variants_full/trials_jsb.md`.",
         "",
     ]
 

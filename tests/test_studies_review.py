@@ -1,0 +1,32 @@
+"""docs/review.md's text says what the committed numbers show and no more."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from tests.conftest import ROOT
+
+
+def test_review_text_follows_the_committed_reports(tmp_path):
+    from studies import review
+
+    rep = tmp_path / "reports"
+    shutil.copytree(ROOT / "reports", rep, ignore=shutil.ignore_patterns("*.png", "generators", "captioning"))
+    van = json.loads((rep / "vanishing/result.json").read_text())
+    van.update(solved_below=0.04, chance_accuracy=0.1536)  # what a rerun of the stage adds
+    (rep / "vanishing/result.json").write_text(json.dumps(van))
+    page = review.render(rep)
+    # (the committed reading.md, written by the variants stage, changes when that stage reruns)
+    assert "Welch's t-test against" not in page and "paired t-test over the shared draws" in page and "Holm-corrected" in page
+    # vanishing: only the GRU solves T = 100 in these runs, and the far/near ratio is read with care
+    assert "A constant guess of 0.5 solves 0.1536 of the sequences" in page
+    assert "At T = 100, solved in these runs: gru; not solved: rnn 0.144, lstm 0.144" in page
+    assert "the gradient from the far end survives training in gru and the task at T = 100 is solved by gru" in page
+    assert "additive, so gradients survive" not in page
+    # bptt: equal characters, not equal updates; the like-for-like pair
+    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page
+    assert "TBPTT(32,32) 1.720 against TBPTT(32,64) 1.707 (1,464 steps each)" in page and "Lightning's whole fit" in page
+    # variants: the text task is early training and left out of the GRU-vs-LSTM line
+    assert "early-training numbers (146 optimizer steps per trial)" in page and "text: GRU best" not in page
+    # Chung: equal width, with the parameter counts of the committed trials
+    assert "V 13,120 / 20,998 / 44,125" in page and "GRU 24,833, RNN 11,211, V 41,308" in page
