@@ -216,10 +216,20 @@ class CharLM(L.LightningModule):
         self._eval_end("test")
 
     # -- checkpoints: vocabulary, TBPTT carry, RNG states ----------------------------------
+    def _world(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Under DDP every rank calls this and rank 0 writes the file: the TBPTT carry is
+        gathered from all ranks first, rows in rank order (the global batch's streams), so
+        that each rank resumes from its own streams' state."""
         checkpoint["vocab"] = self.vocab
         if self._carry is not None:
             ctx, state = self._carry
+            if self._world()[1] > 1:
+                ctx = self.all_gather(ctx).flatten(0, 1)  # (W, b, k) -> (W*b, k)
+                state = [self.all_gather(s).transpose(0, 1).flatten(1, 2) for s in state]  # (W, L, b, H) -> (L, W*b, H)
             checkpoint["tbptt_carry"] = {"ctx": ctx.cpu(), "state": [s.cpu() for s in state]}
         np_state = np.random.get_state()
         checkpoint["rng"] = {
@@ -233,7 +243,12 @@ class CharLM(L.LightningModule):
         self.vocab = checkpoint.get("vocab")
         carry = checkpoint.get("tbptt_carry")
         if carry is not None:
-            self._carry = (carry["ctx"].to(self.device), tuple(s.to(self.device) for s in carry["state"]))
+            rank, world = self._world()
+            ctx, state = carry["ctx"], carry["state"]
+            rows = ctx.shape[0] // world  # this rank's streams of the global batch
+            if world > 1:
+                ctx, state = ctx[rank * rows : (rank + 1) * rows], [s[:, rank * rows : (rank + 1) * rows] for s in state]
+            self._carry = (ctx.to(self.device), tuple(s.to(self.device) for s in state))
         rng = checkpoint.get("rng")
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())

@@ -103,6 +103,21 @@ def test_ddp_two_ranks_equal_one_rank(corpus, tmp_path):
     assert abs(one["best_val_loss"] - two["best_val_loss"]) < 1e-3
 
 
+def test_ddp_tbptt_resume_is_exact_with_each_rank_on_its_own_streams(corpus, tmp_path):
+    """Rank 0 writes the checkpoint: the TBPTT carry in it must hold every rank's streams
+    (rows in rank order), and each rank must resume from its own (K2 > K1: context tokens too)."""
+    cfg = dict(TINY, hidden=16, layers=1, batch_size=4, bptt="tbptt", k1=8, k2=16, max_steps=8, val_every=4,
+               strategy="ddp_spawn", devices=2)
+    fit(cfg, corpus, tmp_path / "a")
+    fit(cfg, corpus, tmp_path / "b", stop_at=4)
+    carry = torch.load(tmp_path / "b/last.ckpt", weights_only=True)["tbptt_carry"]
+    assert carry["ctx"].shape == (4, 8) and [tuple(s.shape) for s in carry["state"]] == [(1, 4, 16)] * 2  # all 4 streams
+    fit(cfg, corpus, tmp_path / "c", resume=str(tmp_path / "b/last.ckpt"))
+    a, c = _weights(tmp_path / "a/last.ckpt"), _weights(tmp_path / "c/last.ckpt")
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
+
 def test_checkpoint_loads_weights_only_and_samples(corpus, tmp_path):
     fit(dict(TINY, max_steps=40), corpus, tmp_path / "ck")
     model, vocab, hp = load_checkpoint(tmp_path / "ck/best.ckpt")
