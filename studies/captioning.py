@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from lightning_modules.captioner import END, PAD, SPECIALS, START
+from pipeline.atomic import atomic_dir
 from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies.bleu import corpus_bleu
@@ -206,18 +207,11 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
             m, hyps[(name, beam)] = evaluate(model, *val, va.refs, words, beam, unseen)
             rows.append({"model": name, "decoding": "greedy" if beam == 1 else f"beam {beam}", **m, "train_s": seconds[name]})
     table = pd.DataFrame(rows)
-    write_table(table, out_dir, "metrics")
-
     main = FEEDS[hp.feeds[0]]
     k = min(hp.examples, hp.val_images)
     best, blind = hyps[(main, hp.beam)], hyps[(BLIND, hp.beam)]
     ex = pd.DataFrame({"references": [" / ".join(r) for r in va.refs[:k]], "caption": best[:k],
                        "right": [h in r for h, r in zip(best[:k], va.refs[:k])], "blind": blind[:k]})
-    write_table(ex, out_dir, "examples")
-    png = _examples_png(va.images[:k], va.refs[:k], best[:k], blind[:k], out_dir / "examples.png")
-    curves = _curves(histories, out_dir / "curves.png")
-    write_table(pd.DataFrame([{"model": name, **row} for name, hist in histories.items() for row in hist]), out_dir, "curves")
-
     last = table.groupby("model", sort=False).last()   # each model at the widest beam
     by_feed = {f: {c: None if pd.isna(last.loc[FEEDS[f], c]) else float(last.loc[FEEDS[f], c])
                    for c in ("val_loss", "bleu4", "exact", "exact_heldout")} for f in hp.feeds}
@@ -225,11 +219,20 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
               **by_feed[hp.feeds[0]], "blind_val_loss": float(last.loc[BLIND, "val_loss"]),
               "blind_bleu4": float(last.loc[BLIND, "bleu4"]), "heldout_images": int(unseen.sum()),
               "by_feed": by_feed, "train_s": seconds, "seconds": time.perf_counter() - t0}
-    res = write_result(out_dir, result)
+    # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
+    # fails half-way leaves the last complete report, not some of its files
+    with atomic_dir(out_dir) as out:
+        write_table(table, out, "metrics")
+        write_table(ex, out, "examples")
+        _examples_png(va.images[:k], va.refs[:k], best[:k], blind[:k], out / "examples.png")
+        _curves(histories, out / "curves.png")
+        write_table(pd.DataFrame([{"model": name, **row} for name, hist in histories.items() for row in hist]), out, "curves")
+        write_result(out, result)
     metrics = {k2: v for k2, v in result.items() if isinstance(v, float)}
     metrics.update({f"{f}_{k2}": v for f, d in by_feed.items() for k2, v in d.items() if v is not None})
     log_study(params, "captioning", f"{hp.cell}-{hp.hidden}", hp, metrics,
-              [out_dir / f for f in ("metrics.csv", "metrics.md", "examples.md", "examples.csv", "curves.csv")] + [png, curves, res])
+              [out_dir / f for f in ("metrics.csv", "metrics.md", "examples.md", "examples.csv", "curves.csv", "examples.png",
+                                     "curves.png", "result.json")])
     return result
 
 
