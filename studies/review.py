@@ -141,7 +141,7 @@ def gradient_line(van: dict) -> str:
     T = van["T_gradient"]
     solved = {r["cell"] for r in van["adding"] if r["T"] == T and r["solved (acc > 0.95)"]}
     kept = [c for c, r in van["far_to_near_gradient_ratio"].items() if r >= 1e-2]
-    return (f"In these runs the gradient from the far end survives training in {', '.join(kept) or 'no cell'}"
+    return (f"In these runs the gradient from the far end survives training (a far/near ratio of 0.01 or more) in {', '.join(kept) or 'no cell'}"
             f" and the task at T = {T} is solved by {', '.join(sorted(solved)) or 'no cell'}. A ratio describes gradient"
             " flow only for a model that solved the task: one that did not has learned to ignore the early inputs,"
             " and a solver learns to ignore the last tenth of the inputs (never marked), which raises its ratio; the"
