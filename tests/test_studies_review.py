@@ -24,7 +24,7 @@ def test_review_text_follows_the_committed_reports(tmp_path):
     assert "the gradient from the far end survives training (a far/near ratio of 0.01 or more) in gru and the task at T = 100 is solved by gru" in page
     assert "additive, so gradients survive" not in page
     # bptt: equal characters, not equal updates; the like-for-like pair
-    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page
+    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page and "the val_loss falls as the number of updates rises" in page
     assert "TBPTT(32,32) 1.720 against TBPTT(32,64) 1.707 (1,464 steps each)" in page and "Lightning's whole fit" in page
     # variants: the text task is early training and left out of the GRU-vs-LSTM line
     assert "early-training numbers (146 optimizer steps per trial)" in page and "text: GRU best" not in page
