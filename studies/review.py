@@ -144,7 +144,7 @@ def gradient_line(van: dict) -> str:
     return (f"In these runs the gradient from the far end survives training (a far/near ratio of 0.01 or more) in {', '.join(kept) or 'no cell'}"
             f" and the task at T = {T} is solved by {', '.join(sorted(solved)) or 'no cell'}. A ratio describes gradient"
             " flow only for a model that solved the task: one that did not has learned to ignore the early inputs,"
-            " and a solver learns to ignore the last tenth of the inputs (never marked), which raises its ratio; the"
+            " and the marks fall in the first half only, so a solver learns to ignore the near end, which raises its ratio; the"
             " ratio mixes what the task asks for with how far the gradient travels.")
 
 

@@ -18,9 +18,10 @@ ratio 3.1). The LSTM of 32 units with this budget fails at T = 100 (accuracy 0.1
 constant guess's) and its far-end gradient is gone (ratio 3.6e-9) like the RNN's (6.2e-16).
 So the runs show the gradient reaching back in the cell that solved the task, not that
 an LSTM keeps it by construction. Read the ratio with care: for a model that did not
-solve the task it describes a model that ignores the early inputs; and the last tenth of
-the inputs is never marked, so a solver learns to ignore it, which raises the ratio as
-well. dL_T/dx_t thus mixes what the task asks for with how far the gradient travels.
+solve the task it describes a model that ignores the early inputs; and the marks fall in
+the first half only, so a solver learns to ignore the near window (the last tenth of the
+lags), which raises the ratio as well. dL_T/dx_t thus mixes what the task asks for with
+how far the gradient travels.
 """
 from __future__ import annotations
 
