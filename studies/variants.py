@@ -176,11 +176,17 @@ TASKS = {
 }
 
 
-def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root: Path) -> list[dict]:
-    spec = TASKS[task]
-    data_dir = data_root / (spec["data"] or hp.text_corpus)
+def task_data(hp: VariantsParams, task: str, data_root: Path) -> Path:
+    """The prepared data of `task`; missing data is a UserError (run checks every task's before any trial)."""
+    data_dir = data_root / (TASKS[task]["data"] or hp.text_corpus)
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"{data_dir}/meta.json: not found; run `dvc repro onehot@{data_dir.name}` first")
+    return data_dir
+
+
+def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root: Path) -> list[dict]:
+    spec = TASKS[task]
+    data_dir = task_data(hp, task, data_root)
     trials = trial_settings(hp)
     workers = hp.workers or os.cpu_count() or 1
     uri = None
@@ -357,6 +363,8 @@ def boxplots(trials_by_task: dict[str, pd.DataFrame], order: list[str], out: Pat
 
 def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("data/onehot")) -> dict:
     hp = study_params(params, "variants", VariantsParams)  # bad settings fail here, before any work
+    for task in hp.tasks:  # and so does a later task's missing data
+        task_data(hp, task, data_root)
     invocation = uuid.uuid4().hex[:12]
     order = list(hp.variants)
     by_task, summaries, paragraphs, baselines = {}, {}, [], {}

@@ -62,3 +62,18 @@ def test_bad_study_param_from_the_command_line(tmp_path):
                    "--set", "studies.vanishing.steps=0", cwd=tmp_path)
     assert "studies.vanishing.steps: must be >= 1, got 0" in one_line_error(p)
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports/vanishing").iterdir()} == before
+
+
+def test_variants_refuses_a_later_tasks_missing_data_before_the_first_trial(tmp_path, monkeypatch):
+    from studies import variants
+
+    (tmp_path / "onehot/jsb_chorales").mkdir(parents=True)
+    (tmp_path / "onehot/jsb_chorales/meta.json").write_text("{}")  # jsb looks ready, the text corpus is not there
+    monkeypatch.setattr(variants, "run_trials", lambda *a: pytest.fail("a trial ran before the data check"))
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+
+    p = load_params(ROOT / "params.yaml", {"tracking.enabled": False, "studies.variants.text_corpus": "absent"})
+    with pytest.raises(UserError, match="onehot/absent/meta.json: not found; run `dvc repro onehot@absent` first"):
+        variants.run(p, tmp_path / "reports/variants", data_root=tmp_path / "onehot")
+    assert not (tmp_path / "reports").exists()
