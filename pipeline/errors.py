@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import threading
+
+_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s/@]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URI in it (scheme://user:password@host) as ***."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 class UserError(Exception):
@@ -47,7 +55,7 @@ def cli(main):
         try:
             return main(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact(str(e))}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
         except KeyboardInterrupt as e:
             what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)

@@ -49,7 +49,7 @@ def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_ro
 
         # the scores (the train_* entries are the training run's own metrics already)
         numeric = {f"eval_{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("train_")}
-        tracking.add_to_run(mlf, [metrics_root / corpus / "eval.json"], numeric, run.get("steps"))
+        tracking.add_to_run(mlf, [metrics_root / corpus / "eval.json"], numeric, run.get("steps"), params=params)
     return out
 
 

@@ -52,7 +52,7 @@ def sample(corpus: str, params: Params, models_root: Path = MODELS, samples_root
     if params.tracking.enabled and mlf:
         from pipeline import tracking
 
-        tracking.add_to_run(mlf, [out], tags={f"sample.{k}": str(v) for k, v in vars(params.sample).items()})
+        tracking.add_to_run(mlf, [out], tags={f"sample.{k}": str(v) for k, v in vars(params.sample).items()}, params=params)
     return out
 
 

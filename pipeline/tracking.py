@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 from lightning_modules.precision import cpu_bf16_kernels, cpu_model
 from pipeline.config import Params
-from pipeline.errors import TransientFailure, UserError, cli
+from pipeline.errors import TransientFailure, UserError, cli, redact
 
 
 def tracking_uri(params: Params) -> str:
@@ -51,7 +51,7 @@ def check_uri(uri: str) -> None:
     where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
     parsed = urlparse(uri)
     if re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri):
-        raise UserError(f"{where} is {uri!r}: a server's address needs its scheme, e.g. http://{uri}")
+        raise UserError(f"{where} is {uri!r}: a server's address needs its scheme, e.g. http://{redact(uri)}")
     if parsed.scheme == "file" or (parsed.scheme == "" and uri not in ("databricks", "databricks-uc")) or len(parsed.scheme) == 1:
         raise UserError(
             f"{where} is {uri!r}, a file store, which MLflow 3 no longer writes; use sqlite:///<folder>/mlflow.db "
@@ -82,20 +82,20 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     try:
         r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
     except requests.exceptions.SSLError as e:
-        raise UserError(f"the MLflow tracking server {uri}: TLS failed ({error_line(e, 160)}); {tls}") from None
+        raise UserError(f"the MLflow tracking server {redact(uri)}: TLS failed ({error_line(e, 160)}); {tls}") from None
     except requests.exceptions.TooManyRedirects:
-        raise UserError(f"the MLflow tracking server {uri} redirects in a loop; check the URI") from None
+        raise UserError(f"the MLflow tracking server {redact(uri)} redirects in a loop; check the URI") from None
     except requests.exceptions.RequestException as e:
-        raise TransientFailure(f"the MLflow tracking server {uri} does not answer ({error_line(e, 160)}); {fix}") from None
+        raise TransientFailure(f"the MLflow tracking server {redact(uri)} does not answer ({error_line(e, 160)}); {fix}") from None
     except OSError as e:  # a certificate file that is not there
-        raise UserError(f"the MLflow tracking server {uri}: {error_line(e, 160)}; {tls}") from None
+        raise UserError(f"the MLflow tracking server {redact(uri)}: {error_line(e, 160)}; {tls}") from None
     if r.status_code >= 500:
-        raise TransientFailure(f"the MLflow tracking server {uri} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
+        raise TransientFailure(f"the MLflow tracking server {redact(uri)} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
 
 
 def error_line(e: BaseException, limit: int = 300) -> str:
     """An exception as one short line: its type and the first line of its message."""
-    text = str(e)
+    text = redact(str(e))
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
 
 
@@ -213,6 +213,23 @@ def system_facts() -> dict[str, str]:
     return facts
 
 
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient", "pyodbc": "pyodbc"}
+
+
+def stored_uri(stored: str, current) -> str:
+    """The tracking URI to log a later stage to: run.json's (`stored`), whose password, if it
+    had one, is written there as *** (a database URI: an http one cannot hold one); then the
+    URI the stage is given now (`current()`: MLFLOW_TRACKING_URI or tracking.uri), if it is the
+    same store."""
+    if redact(stored) != stored or ":***@" not in stored:
+        return stored
+    now = current() if current is not None else ""
+    if redact(now) == stored:
+        return now
+    raise UserError(f"models/<corpus>/run.json names the MLflow store {stored}, its password left out; "
+                    "give the full URI in MLFLOW_TRACKING_URI (or tracking.uri) to log to it, or set tracking.enabled: false")
+
+
 def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict, source: str = "python") -> str:
     """Create a run (not left active) and log params and tags; return its id. A tracking
     server that does not answer is one line (`check_server`)."""
@@ -238,8 +255,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     except BaseException as e:
         if run_id:  # created, then refused or interrupted: not left RUNNING
             end_run_quietly(uri, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if isinstance(e, ModuleNotFoundError) and e.name:  # a database URI whose driver is not installed
+            raise UserError(f"MLflow at {redact(uri)} needs the Python package {e.name!r}, its database driver, which is not installed; "
+                            f"pip install it (e.g. {DRIVERS.get(e.name, e.name)}) or use the project's sqlite store (unset the URI)") from None
         if is_store_error(e):
-            raise UserError(f"MLflow at {uri} refused the new run of experiment {experiment} ({error_line(e)}); "
+            raise UserError(f"MLflow at {redact(uri)} refused the new run of experiment {experiment} ({error_line(e)}); "
                             "check the store (python -m pipeline.tracking prints it) or --set tracking.enabled=false") from None
         raise
     return run_id
@@ -336,19 +356,21 @@ def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
-def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: int | None = None, tags: dict | None = None) -> bool:
+def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: int | None = None, tags: dict | None = None,
+               params: Params | None = None) -> bool:
     """A later stage's files, metrics and tags to the training's run (`mlf`: run.json's
     "mlflow"). A run that is not in the store (mlflow.db deleted, models/ pulled from a DVC
     remote or made elsewhere) is one note and no logging: the stage's output is written. A
     store that cannot be reached is one error line (the stage fails, so a later `dvc repro`
     logs it). A metric the run already holds with the same value (a rerun) is not logged
-    twice."""
+    twice. A database URI's password is not in run.json: `params` (with MLFLOW_TRACKING_URI)
+    give the full URI of the same store."""
     import mlflow
 
-    uri, run_id = mlf["tracking_uri"], mlf["run_id"]
+    uri, run_id = stored_uri(mlf["tracking_uri"], (lambda: tracking_uri(params)) if params is not None else None), mlf["run_id"]
     run, why = find_run(uri, run_id)
     if run is None:
-        print(f"note: MLflow run {run_id} of this model is not in {uri} ({why}); nothing logged to MLflow "
+        print(f"note: MLflow run {run_id} of this model is not in {redact(uri)} ({why}); nothing logged to MLflow "
               "(retrain, or set tracking.enabled: false)", file=sys.stderr)
         return False
     try:
@@ -361,7 +383,7 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
     except Exception as e:
         if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {uri} refused the logging ({error_line(e)}); the output is written, "
+        raise TransientFailure(f"MLflow at {redact(uri)} refused the logging ({error_line(e)}); the output is written, "
                                "rerun the stage when the store is back, or set tracking.enabled: false") from None
     return True
 
@@ -391,7 +413,7 @@ def find_run(uri: str, run_id: str):
             return None, error_line(e)
         if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {uri}: {error_line(e)}; rerun the stage when the store answers, "
+        raise TransientFailure(f"MLflow at {redact(uri)}: {error_line(e)}; rerun the stage when the store answers, "
                                "or set tracking.enabled: false") from None
     if run.info.lifecycle_stage == "deleted":
         return None, "the run was deleted"

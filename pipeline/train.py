@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config import Params, load_params, parse_sets
-from pipeline.errors import UserError, cli
+from pipeline.errors import UserError, cli, redact
 
 ONEHOT = Path("data/onehot")
 MODELS = Path("models")
@@ -118,12 +118,12 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
                 "precision_setting": tp.precision,
                 "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
                 "train": cfg,
-                "mlflow": {"tracking_uri": uri, "run_id": run_id} if run_id else None,
+                "mlflow": {"tracking_uri": redact(uri), "run_id": run_id} if run_id else None,  # a password left out
             }
             write_json(out / "run.json", summary)
         png = loss_png(curve_dir, f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
         if run_id:
-            log_training(params, corpus, models_root, curve_dir, png, r, summary, metrics_cb)
+            log_training(params, uri, corpus, models_root, curve_dir, png, r, summary, metrics_cb)
     except BaseException as e:
         interrupt = keep.interrupt or (e if isinstance(e, KeyboardInterrupt) else None)
         if run_id:
@@ -158,7 +158,7 @@ def loss_png(curve_dir: Path, title: str) -> Path | None:
         return None
 
 
-def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict, metrics_cb) -> None:
+def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict, metrics_cb) -> None:
     """The model, the curves and the summary metrics to the run, which is then FINISHED
     (evaluate and sample still add to it). A store that fails now, or refused the training's
     metrics to the end (`metrics_cb`, the MlflowCallback), does not fail the stage, whose
@@ -166,13 +166,13 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
     from pipeline import tracking
 
     mlf = summary["mlflow"]
-    uri, run_id = mlf["tracking_uri"], mlf["run_id"]
+    run_id = mlf["run_id"]
     d = models_root / corpus
     name = f"charlm-{corpus}" if params.tracking.register else None
     why = None
     if metrics_cb.unsent:  # the store refused the metrics to the end: no model logged without them
         why = f"{metrics_cb.unsent} metric points not logged: {metrics_cb.failed}"
-        print(f"warning: training finished and {d} is written, but MLflow at {uri} refused the metrics; "
+        print(f"warning: training finished and {d} is written, but MLflow at {redact(uri)} refused the metrics; "
               "the run is marked FAILED and the model not logged", file=sys.stderr)
     else:
         try:
@@ -186,7 +186,7 @@ def log_training(params: Params, corpus: str, models_root: Path, curve_dir: Path
             if not tracking.is_store_error(e):
                 raise
             why = tracking.error_line(e)
-            print(f"warning: training finished and {d} is written, but logging to MLflow at {uri} failed ({why}); "
+            print(f"warning: training finished and {d} is written, but logging to MLflow at {redact(uri)} failed ({why}); "
                   "the run is marked FAILED", file=sys.stderr)
     if why:
         tracking.end_run_quietly(uri, run_id, "FAILED")

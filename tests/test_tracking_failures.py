@@ -229,6 +229,36 @@ def test_tracking_uris_that_can_work_pass(uri):
     check_uri(uri)
 
 
+def test_a_database_password_is_never_shown(data):
+    """A SQL store's URI holds its password (SQLAlchemy has nowhere else for it): every line the
+    stage prints, and run.json, show it as ***. Here the driver is not installed (or, where it
+    is, nothing listens on port 9): one line either way, before training."""
+    proj, env = data
+    _fresh(proj)
+    r = run_module("pipeline.train", "tiny", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI="postgresql://ann:s3cret@127.0.0.1:9/mlflow"))
+    e = one_line_error(r)
+    assert r.returncode == 2 and "postgresql://ann:***@127.0.0.1:9/mlflow" in e, e
+    assert "s3cret" not in r.stdout + r.stderr
+    assert not (proj / "models/tiny").exists()
+
+
+def test_a_redacted_uri_in_run_json_takes_the_full_one_of_the_same_store(monkeypatch):
+    from pipeline.errors import UserError, redact
+    from pipeline.tracking import error_line, stored_uri
+
+    full = "postgresql://ann:s3cret@db.internal:5432/mlflow"
+    assert redact(full) == "postgresql://ann:***@db.internal:5432/mlflow"
+    assert redact(f"could not connect to {full} and mysql://u:p@h/x") == "could not connect to postgresql://ann:***@db.internal:5432/mlflow and mysql://u:***@h/x"
+    assert "s3cret" not in error_line(RuntimeError(f"bad {full}"))
+    for plain in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "postgresql://ann@db/mlflow"):
+        assert redact(plain) == plain and stored_uri(plain, None) == plain
+    assert stored_uri(redact(full), lambda: full) == full  # the same store, given in full now
+    with pytest.raises(UserError, match=r"password left out; give the full URI in MLFLOW_TRACKING_URI"):
+        stored_uri(redact(full), lambda: "postgresql://ann:s3cret@other-db/mlflow")
+    with pytest.raises(UserError, match="password left out"):
+        stored_uri(redact(full), None)
+
+
 def test_a_proxy_without_its_server_is_one_line_and_any_other_answer_is_up(http_server):
     """/busy/... answers 503 (a proxy whose MLflow is down): refused now, not after MLflow's
     minutes of retries; a 404 is a server that answers (a proxy may hide /health)."""
