@@ -100,15 +100,15 @@ def error_line(e: BaseException, limit: int = 300) -> str:
 
 
 @contextlib.contextmanager
-def few_retries(retries: int = 0):
-    """MLflow's HTTP requests in the block: `retries` retries 1, 2, 4 s apart, 15 s timeout.
+def few_retries(retries: int = 0, timeout: int = 15):
+    """MLflow's HTTP requests in the block: `retries` retries 1, 2, 4 s apart, `timeout` s each.
     For the requests whose failure is handled here (metrics kept for later, a run marked
     FAILED on the way out), so that a dead store costs seconds, not MLflow's minutes of
     retries (7, up to 120 s apart, 120 s timeout), and Ctrl-C (which Lightning ignores while
     it cleans up) is not held. It sets environment variables, which MLflow reads per request:
     not for concurrent threads (the stages have one)."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
     before = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
     try:

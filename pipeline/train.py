@@ -158,6 +158,9 @@ def loss_png(curve_dir: Path, title: str) -> Path | None:
         return None
 
 
+UPLOAD_TIMEOUT_S = 300  # one upload request (a large model over a slow link) may take minutes
+
+
 def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve_dir: Path, png: Path | None, r: dict, summary: dict, metrics_cb) -> None:
     """The model, the curves and the summary metrics to the run, which is then FINISHED
     (evaluate and sample still add to it). A store that fails now, or refused the training's
@@ -175,13 +178,14 @@ def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve
         print(f"warning: training finished and {d} is written, but MLflow at {redact(uri)} refused the metrics; "
               "the run is marked FAILED and the model not logged", file=sys.stderr)
     else:
-        try:
-            version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
-            files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
-            tracking.log_artifacts(uri, run_id, [f for f in files if f],
-                                   {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
-                                   r["steps"])
-            tracking.end_run(uri, run_id)
+        try:  # a store gone since the last flush costs seconds, not MLflow's minutes of retries per request
+            with tracking.few_retries(2, timeout=UPLOAD_TIMEOUT_S):
+                version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
+                files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
+                tracking.log_artifacts(uri, run_id, [f for f in files if f],
+                                       {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
+                                       r["steps"])
+                tracking.end_run(uri, run_id)
         except Exception as e:
             if not tracking.is_store_error(e):
                 raise

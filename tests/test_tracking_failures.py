@@ -185,6 +185,32 @@ def test_a_server_that_dies_during_training_does_not_stop_it(data, tmp_path):
     assert "metric points not logged" in run["mlflow"]["error"] and (proj / "models/tiny/best.ckpt").is_file()
 
 
+def test_a_server_that_dies_after_training_costs_seconds_not_retries(data, tmp_path):
+    """The store goes away after the last metrics reached it, as the model uploads begin: the
+    stage still ends at once (few retries, seconds apart), its outputs written, the run FAILED."""
+    proj, env = data
+    _fresh(proj)
+    with mlflow_server(tmp_path / "server") as (uri, kill):
+        e = {**os.environ, **env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}  # MLflow's own retry settings
+        e.pop("CORPUS_MIRROR", None)
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "tiny", "--set", "train.max_steps=30"], cwd=proj, env=e,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.monotonic() + 180
+            while time.monotonic() < end and proc.poll() is None and not (proj / "models/tiny/run.json").exists():
+                time.sleep(0.05)  # run.json appears when the training's outputs are complete, before the uploads
+            kill()
+            t = time.monotonic()
+            _, err = proc.communicate(timeout=600)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert time.monotonic() - t < 60, (time.monotonic() - t, err[-3000:])  # MLflow's own retries: minutes per request
+    assert "but logging to MLflow at" in err and "the run is marked FAILED" in err and "Traceback" not in err
+    run = json.loads((proj / "models/tiny/run.json").read_text())
+    assert run["mlflow"]["error"] and run["mlflow"]["registered"] is None and (proj / "models/tiny/best.ckpt").is_file()
+
+
 def test_evaluate_and_sample_go_on_when_the_run_is_gone(data, tmp_path):
     proj, env = data
     uri = _store(tmp_path)
