@@ -108,7 +108,7 @@ def main():
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "data_stages.json").write_text(json.dumps(res, indent=1))
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     print(f"| corpus | {mb:,.0f} MB, {res['tokens']:,} tokens, vocab {res['vocab']} |")
     print(f"| cat FILE > /dev/null | {cat_s:.2f} s ({res['cat_mb_s']:,} MB/s) |")
     print(f"| tokenize | {tok_s:.2f} s, peak RSS {tok_rss:.0f} MB |")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.errors import UserError
 from studies.bleu import corpus_bleu
 from studies.shapes import COLOURS, captions, relation, scenes
-from tests.conftest import ROOT, one_line_error, run_module
+from tests.conftest import one_line_error, run_module
 from tests.test_studies import _params_file, params_for
 
 

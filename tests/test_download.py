@@ -36,7 +36,7 @@ def test_fetch_verifies_sha_and_writes_corpus(tmp_path, http_server):
     url, www, srv = http_server
     (www / "input.txt").write_bytes(TEXT)
     write_params(tmp_path, {"t": {"kind": "text", "url": f"{url}/input.txt", "sha256": sha(TEXT)}})
-    p = run_module("pipeline.download", "t", cwd=tmp_path, check=True)
+    run_module("pipeline.download", "t", cwd=tmp_path, check=True)
     assert (tmp_path / "data/raw/t/corpus.txt").read_bytes() == TEXT
     info = json.loads((tmp_path / "data/raw/t/source.json").read_text())
     assert info["fetched_sha256"] == sha(TEXT) and info["bytes"] == len(TEXT)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import OnehotParams
 from pipeline.errors import UserError
 from studies.generators import capped, scored_chars, token_chars
 from tests.conftest import one_line_error, run_module
@@ -132,7 +131,7 @@ def test_the_command_line_gives_one_line_for_a_music_corpus(tmp_path):
     f = _params_file(tmp_path, "generators", {"corpora": ["music"], "word_corpora": []})
     p = run_module("studies.generators", "--params", str(f), "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert p.returncode != 0
-    assert one_line_error(p) == f"error: studies.generators.corpora: music is not a text corpus (data/onehot/music/meta.json); list text corpora only"
+    assert one_line_error(p) == "error: studies.generators.corpora: music is not a text corpus (data/onehot/music/meta.json); list text corpora only"
     assert not (tmp_path / "o").exists()
 
 

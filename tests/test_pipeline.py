@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
-from tests.conftest import PY, dvc, one_line_error, run_module
+from tests.conftest import dvc, one_line_error, run_module
 from tests.pipeline_project import tiny_project
 
 

@@ -69,7 +69,7 @@ def test_adding_problem_data():
 def test_bptt_study_tiny(tmp_path):
     from studies import bptt
 
-    data = make_corpus(tmp_path / "onehot/toy")
+    make_corpus(tmp_path / "onehot/toy")
     p = params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.hidden": 16, "studies.bptt.layers": 1,
                                 "studies.bptt.budget_chars": 6000, "studies.bptt.full_len": 32, "studies.bptt.batch_size": 8,
                                 "studies.bptt.k1_eq_k2": [8, 16], "studies.bptt.k1_lt_k2": ["8:16"]})
