@@ -127,6 +127,10 @@ class CharLM(L.LightningModule):
             ctx, state = x[:, :0], None
         else:
             ctx, state = self._carry
+            if ctx.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the resumed TBPTT carry holds {ctx.shape[0]} streams, this rank reads {x.shape[0]}: resume with the batch_size "
+                    "it was saved with (a checkpoint written under DDP before the carry was gathered holds rank 0's streams only)")
         window = torch.cat([ctx, x], 1)  # the last <= K2 tokens; the K1 new ones at the end
         keep = min(hp.k2 - hp.k1, window.shape[1])  # context the next window reuses
         head = window.shape[1] - keep

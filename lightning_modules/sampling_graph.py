@@ -81,7 +81,8 @@ class ChunkSampler:
     def __init__(self, step, last: torch.Tensor, state: tuple, temperature: float, top_k: int, argmax: bool,
                  generator: torch.Generator, chunk: int = CHUNK, graph: bool | None = None):
         self.step, self.K = step, chunk
-        self.inv_t, self.top_k, self.argmax, self.gen = 1.0 / temperature, top_k, argmax, generator
+        self.inv_t = 1.0 if argmax else 1.0 / temperature  # argmax: no temperature (it may be 0)
+        self.top_k, self.argmax, self.gen = top_k, argmax, generator
         n, V = last.shape
         self.last = last.clone()
         self.hs = [h.clone() for h in state[0].unbind(0)]

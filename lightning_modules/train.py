@@ -143,7 +143,7 @@ def fit(cfg: dict, data_dir: str | Path, out_dir: str | Path | None, loggers=(),
         v = json.loads(vocab_file.read_text(encoding="utf-8"))
         module.vocab = {"level": v["level"], "tokens": v["tokens"], "unk": v.get("unk")}
     trainer = make_trainer(cfg, out_dir, loggers, callbacks, max_steps=stop_at)
-    start_step = _saved_step(resume) if resume else 0  # tokens/s counts the steps of this call only
+    start_step = _saved_step(resume) if resume and Path(resume).is_file() else 0  # tokens/s: the steps of this call only
     t = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     seconds = time.perf_counter() - t

@@ -11,7 +11,7 @@ import time
 
 from lightning.pytorch.callbacks import Callback
 
-from pipeline.errors import redact
+from pipeline.tracking import hide_password
 
 
 class MlflowCallback(Callback):
@@ -90,10 +90,10 @@ class MlflowCallback(Callback):
                 first = self.failed is None
                 self.failed = self.failed or error_line(e)
                 if final:
-                    print(f"warning: MLflow at {redact(self.uri)} refused the metrics ({self.failed}); "
+                    print(f"warning: MLflow at {hide_password(self.uri)} refused the metrics ({self.failed}); "
                           f"{len(self._metrics)} points are not logged", file=sys.stderr)
                 elif first:
-                    print(f"warning: MLflow at {redact(self.uri)} refused the metrics ({self.failed}); training goes on, "
+                    print(f"warning: MLflow at {hide_password(self.uri)} refused the metrics ({self.failed}); training goes on, "
                           "and the end of training tries again", file=sys.stderr)
                 return
 

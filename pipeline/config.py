@@ -169,7 +169,7 @@ POSITIVE = {
     "min_train_tokens",
 }
 NON_NEGATIVE = {"warmup_steps", "weight_decay", "clip", "top_k", "progress_every", "seed"}
-MINIMUM = {"temperature": 1e-3}  # = lightning_modules.sampling.MIN_TEMPERATURE (this module imports no torch)
+MIN_TEMPERATURE = 1e-3  # = lightning_modules.sampling.MIN_TEMPERATURE (this module imports no torch)
 
 
 def _check_value(path: str, name: str, value, typ):
@@ -207,8 +207,6 @@ def _check_value(path: str, name: str, value, typ):
         raise UserError(f"{PARAMS}: {path}: must be > 0, got {value!r}")
     if name in NON_NEGATIVE and value < 0:
         raise UserError(f"{PARAMS}: {path}: must be >= 0, got {value!r}")
-    if name in MINIMUM and value < MINIMUM[name]:
-        raise UserError(f"{PARAMS}: {path}: must be >= {MINIMUM[name]}, got {value!r}" + ("; for greedy decoding set sample.argmax: true" if name == "temperature" else ""))
     return value
 
 
@@ -342,6 +340,9 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
     for c in p.lm_corpora:
         if c not in corpora or corpora[c].kind != "text":
             raise UserError(f"{PARAMS}: lm_corpora: {c!r} is not a declared text corpus (text corpora: {', '.join(k for k, v in corpora.items() if v.kind == 'text')})")
+    if not p.sample.argmax and not p.sample.temperature >= MIN_TEMPERATURE:  # greedy decoding ignores it
+        raise UserError(f"{PARAMS}: sample.temperature: must be >= {MIN_TEMPERATURE}, got {p.sample.temperature!r}; "
+                        "for greedy decoding set sample.argmax: true")
     oh = p.onehot
     if not (0 < oh.train_frac <= 1 and 0 <= oh.val_frac < 1 and oh.train_frac + oh.val_frac <= 1 + 1e-9):
         raise UserError(

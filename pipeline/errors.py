@@ -7,11 +7,13 @@ import signal
 import sys
 import threading
 
-_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s/@:]*:)[^\s/@]+@")
+_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s:/]*:)[^\s@]+@")
 
 
 def redact(text: str) -> str:
-    """`text` with the password of every URI in it (scheme://user:password@host) as ***."""
+    """`text` with the password of every URI in it (scheme://user:password@host) as ***: the
+    user may hold '@' (user@server), the password '/' (SQLAlchemy's parsing); a password with
+    a space is left to `pipeline.tracking.hide_password`, which parses the URI itself."""
     return _PASSWORD.sub(r"\1***@", text)
 
 

@@ -51,7 +51,7 @@ def check_uri(uri: str) -> None:
     where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else "tracking.uri"
     parsed = urlparse(uri)
     if re.fullmatch(r"[\w.-]+:\d+(/.*)?", uri):
-        raise UserError(f"{where} is {uri!r}: a server's address needs its scheme, e.g. http://{redact(uri)}")
+        raise UserError(f"{where} is {uri!r}: a server's address needs its scheme, e.g. http://{hide_password(uri)}")
     if parsed.scheme == "file" or (parsed.scheme == "" and uri not in ("databricks", "databricks-uc")) or len(parsed.scheme) == 1:
         raise UserError(
             f"{where} is {uri!r}, a file store, which MLflow 3 no longer writes; use sqlite:///<folder>/mlflow.db "
@@ -82,15 +82,15 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     try:
         r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
     except requests.exceptions.SSLError as e:
-        raise UserError(f"the MLflow tracking server {redact(uri)}: TLS failed ({error_line(e, 160)}); {tls}") from None
+        raise UserError(f"the MLflow tracking server {hide_password(uri)}: TLS failed ({error_line(e, 160)}); {tls}") from None
     except requests.exceptions.TooManyRedirects:
-        raise UserError(f"the MLflow tracking server {redact(uri)} redirects in a loop; check the URI") from None
+        raise UserError(f"the MLflow tracking server {hide_password(uri)} redirects in a loop; check the URI") from None
     except requests.exceptions.RequestException as e:
-        raise TransientFailure(f"the MLflow tracking server {redact(uri)} does not answer ({error_line(e, 160)}); {fix}") from None
+        raise TransientFailure(f"the MLflow tracking server {hide_password(uri)} does not answer ({error_line(e, 160)}); {fix}") from None
     except OSError as e:  # a certificate file that is not there
-        raise UserError(f"the MLflow tracking server {redact(uri)}: {error_line(e, 160)}; {tls}") from None
+        raise UserError(f"the MLflow tracking server {hide_password(uri)}: {error_line(e, 160)}; {tls}") from None
     if r.status_code >= 500:
-        raise TransientFailure(f"the MLflow tracking server {redact(uri)} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
+        raise TransientFailure(f"the MLflow tracking server {hide_password(uri)} answers HTTP {r.status_code} (a proxy without its server?); {fix}")
 
 
 def error_line(e: BaseException, limit: int = 300) -> str:
@@ -216,15 +216,31 @@ def system_facts() -> dict[str, str]:
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient", "pyodbc": "pyodbc"}
 
 
+def hide_password(uri: str) -> str:
+    """The URI with its password as ***, as run.json keeps it: a database URI parsed the way
+    SQLAlchemy parses it (any password), anything else by `redact`."""
+    scheme = urlparse(uri).scheme
+    if scheme and scheme not in ("http", "https", "sqlite", "file", "databricks", "databricks-uc"):
+        try:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(uri)
+            if url.password is not None:
+                return url.render_as_string(hide_password=True)
+        except Exception:  # not a database URI SQLAlchemy reads: the plain pattern
+            pass
+    return redact(uri)
+
+
 def stored_uri(stored: str, current) -> str:
     """The tracking URI to log a later stage to: run.json's (`stored`), whose password, if it
     had one, is written there as *** (a database URI: an http one cannot hold one); then the
     URI the stage is given now (`current()`: MLFLOW_TRACKING_URI or tracking.uri), if it is the
     same store."""
-    if redact(stored) != stored or ":***@" not in stored:
+    if hide_password(stored) != stored or ":***@" not in stored:
         return stored
     now = current() if current is not None else ""
-    if redact(now) == stored:
+    if hide_password(now) == stored:
         return now
     raise UserError(f"models/<corpus>/run.json names the MLflow store {stored}, its password left out; "
                     "give the full URI in MLFLOW_TRACKING_URI (or tracking.uri) to log to it, or set tracking.enabled: false")
@@ -255,11 +271,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict, tags: dict
     except BaseException as e:
         if run_id:  # created, then refused or interrupted: not left RUNNING
             end_run_quietly(uri, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        if isinstance(e, ModuleNotFoundError) and e.name:  # a database URI whose driver is not installed
-            raise UserError(f"MLflow at {redact(uri)} needs the Python package {e.name!r}, its database driver, which is not installed; "
-                            f"pip install it (e.g. {DRIVERS.get(e.name, e.name)}) or use the project's sqlite store (unset the URI)") from None
+        if isinstance(e, ModuleNotFoundError) and e.name in DRIVERS:  # a database URI whose driver is not installed
+            raise UserError(f"MLflow at {hide_password(uri)} needs the Python package {e.name!r}, its database driver, which is not installed; "
+                            f"pip install {DRIVERS[e.name]}, or use the project's sqlite store (unset the URI)") from None
         if is_store_error(e):
-            raise UserError(f"MLflow at {redact(uri)} refused the new run of experiment {experiment} ({error_line(e)}); "
+            raise UserError(f"MLflow at {hide_password(uri)} refused the new run of experiment {experiment} ({error_line(e)}); "
                             "check the store (python -m pipeline.tracking prints it) or --set tracking.enabled=false") from None
         raise
     return run_id
@@ -370,7 +386,7 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
     uri, run_id = stored_uri(mlf["tracking_uri"], (lambda: tracking_uri(params)) if params is not None else None), mlf["run_id"]
     run, why = find_run(uri, run_id)
     if run is None:
-        print(f"note: MLflow run {run_id} of this model is not in {redact(uri)} ({why}); nothing logged to MLflow "
+        print(f"note: MLflow run {run_id} of this model is not in {hide_password(uri)} ({why}); nothing logged to MLflow "
               "(retrain, or set tracking.enabled: false)", file=sys.stderr)
         return False
     try:
@@ -383,7 +399,7 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
     except Exception as e:
         if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {redact(uri)} refused the logging ({error_line(e)}); the output is written, "
+        raise TransientFailure(f"MLflow at {hide_password(uri)} refused the logging ({error_line(e)}); the output is written, "
                                "rerun the stage when the store is back, or set tracking.enabled: false") from None
     return True
 
@@ -413,7 +429,7 @@ def find_run(uri: str, run_id: str):
             return None, error_line(e)
         if not is_store_error(e):
             raise
-        raise TransientFailure(f"MLflow at {redact(uri)}: {error_line(e)}; rerun the stage when the store answers, "
+        raise TransientFailure(f"MLflow at {hide_password(uri)}: {error_line(e)}; rerun the stage when the store answers, "
                                "or set tracking.enabled: false") from None
     if run.info.lifecycle_stage == "deleted":
         return None, "the run was deleted"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config import Params, load_params, parse_sets
-from pipeline.errors import UserError, cli, redact
+from pipeline.errors import UserError, cli
 
 ONEHOT = Path("data/onehot")
 MODELS = Path("models")
@@ -118,7 +118,7 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
                 "precision_setting": tp.precision,
                 "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
                 "train": cfg,
-                "mlflow": {"tracking_uri": redact(uri), "run_id": run_id} if run_id else None,  # a password left out
+                "mlflow": {"tracking_uri": tracking.hide_password(uri), "run_id": run_id} if run_id else None,  # a password left out
             }
             write_json(out / "run.json", summary)
         png = loss_png(curve_dir, f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
@@ -175,7 +175,7 @@ def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve
     why = None
     if metrics_cb.unsent:  # the store refused the metrics to the end: no model logged without them
         why = f"{metrics_cb.unsent} metric points not logged: {metrics_cb.failed}"
-        print(f"warning: training finished and {d} is written, but MLflow at {redact(uri)} refused the metrics; "
+        print(f"warning: training finished and {d} is written, but MLflow at {tracking.hide_password(uri)} refused the metrics; "
               "the run is marked FAILED and the model not logged", file=sys.stderr)
     else:
         try:  # a store gone since the last flush costs seconds, not MLflow's minutes of retries per request
@@ -190,7 +190,7 @@ def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve
             if not tracking.is_store_error(e):
                 raise
             why = tracking.error_line(e)
-            print(f"warning: training finished and {d} is written, but logging to MLflow at {redact(uri)} failed ({why}); "
+            print(f"warning: training finished and {d} is written, but logging to MLflow at {tracking.hide_password(uri)} failed ({why}); "
                   "the run is marked FAILED", file=sys.stderr)
     if why:
         tracking.end_run_quietly(uri, run_id, "FAILED")

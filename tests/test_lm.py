@@ -116,6 +116,9 @@ def test_ddp_tbptt_resume_is_exact_with_each_rank_on_its_own_streams(corpus, tmp
     a, c = _weights(tmp_path / "a/last.ckpt"), _weights(tmp_path / "c/last.ckpt")
     for k in a:
         assert torch.equal(a[k], c[k]), k
+    # a carry of another batch size (or of one rank's streams only) is a clear error, not a shape mismatch deep down
+    with pytest.raises(ValueError, match="carry holds 4 streams, this rank reads 2: resume with the batch_size"):
+        fit(dict(cfg, strategy="auto", devices=1, batch_size=2), corpus, tmp_path / "d", resume=str(tmp_path / "b/last.ckpt"))
 
 
 def test_checkpoint_loads_weights_only_and_samples(corpus, tmp_path):
@@ -138,6 +141,7 @@ def test_checkpoint_loads_weights_only_and_samples(corpus, tmp_path):
         sample_ids(model, prime, 5, temperature=1e-39, chunk=4)
     greedy = generate(model, vocab, "JULIET:\n", 30, temperature=0, argmax=True)[0]  # argmax ignores T
     assert greedy == "JULIET:\n" + vocab.decode(new)
+    assert sample_ids(model, prime, 30, temperature=0, argmax=True, chunk=4)[0].tolist() == new  # the GPU's chunked path too
     with pytest.raises(ValueError, match=r"missing from the vocabulary: '#', 'Z'"):
         generate(model, vocab, "Z#ROMEO", 10)
 

@@ -175,6 +175,9 @@ def test_bad_params_are_one_line_errors(tmp_path):
     assert "the val split has" in e and "train.eval_batch=100000" in e and "lower train.eval_batch" in e
     e = one_line_error(run_module("pipeline.train", "tiny", "--set", "sample.temperature=0.0001", cwd=proj, env=env))
     assert "sample.temperature: must be >= 0.001, got 0.0001" in e and "sample.argmax" in e
+    from pipeline.config import load_params
+
+    assert load_params(proj / "params.yaml", {"sample.argmax": True, "sample.temperature": 0.0}).sample.argmax  # greedy: no T needed
 
 
 def test_train_runs_on_a_bare_box_without_matplotlib(repro, tmp_path, monkeypatch, capsys):

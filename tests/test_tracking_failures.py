@@ -270,12 +270,18 @@ def test_a_database_password_is_never_shown(data):
 
 def test_a_redacted_uri_in_run_json_takes_the_full_one_of_the_same_store(monkeypatch):
     from pipeline.errors import UserError, redact
-    from pipeline.tracking import error_line, stored_uri
+    from pipeline.tracking import error_line, hide_password, stored_uri
 
     full = "postgresql://ann:s3cret@db.internal:5432/mlflow"
     assert redact(full) == "postgresql://ann:***@db.internal:5432/mlflow"
     assert redact(f"could not connect to {full} and mysql://u:p@h/x") == "could not connect to postgresql://ann:***@db.internal:5432/mlflow and mysql://u:***@h/x"
     assert "s3cret" not in error_line(RuntimeError(f"bad {full}"))
+    # passwords SQLAlchemy reads: '/' in it, '@' in the user (user@server), a space (run.json's form parses the URI)
+    assert redact("postgresql://ann:pa/ss@db/m") == hide_password("postgresql://ann:pa/ss@db/m") == "postgresql://ann:***@db/m"
+    assert redact("postgresql://ann@srv:s3cret@db/m") == "postgresql://ann@srv:***@db/m"
+    assert "s3cret" not in hide_password("postgresql://ann@srv:s3cret@db/m")
+    assert hide_password("postgresql://ann:pa ss@db/m") == "postgresql://ann:***@db/m"
+    assert redact("http://127.0.0.1:5000/x is down, ask ann@example.org") == "http://127.0.0.1:5000/x is down, ask ann@example.org"
     for plain in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "postgresql://ann@db/mlflow"):
         assert redact(plain) == plain and stored_uri(plain, None) == plain
     assert stored_uri(redact(full), lambda: full) == full  # the same store, given in full now
