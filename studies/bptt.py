@@ -86,9 +86,29 @@ def regimes(hp: BpttParams) -> list[dict]:
     return out
 
 
-def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/onehot")) -> dict:
+
+def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> dict:
+    """Train one regime for the character budget in `tmp`, score it on val, log it; its table row."""
     from lightning_modules.train import evaluate, fit
 
+    per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
+    steps = max(1, hp.budget_chars // per_step)
+    cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
+               seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=steps, warmup_steps=min(50, steps // 10),
+               progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
+    t = time.perf_counter()
+    res = fit(cfg, data_dir, tmp)
+    secs = time.perf_counter() - t
+    ev = evaluate(tmp / "last.ckpt", data_dir, ("val",), eval_batch=16, eval_len=512)
+    chars = steps * per_step
+    row = {**r, "steps": steps, "train_chars": chars, "train_s": round(res["train_seconds"], 1),
+           "s_per_1M_chars": round(res["train_seconds"] / chars * 1e6, 2), "val_loss": round(ev["val_loss"], 4)}
+    print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f} ({secs:.0f} s)", flush=True)
+    log_study(params, "bptt", r["regime"], {**vars(hp), **cfg}, {"val_loss": ev["val_loss"], "s_per_1M_chars": row["s_per_1M_chars"]}, [])
+    return row
+
+
+def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/onehot")) -> dict:
     hp = study_params(params, "bptt", BpttParams)
     plan = regimes(hp)  # bad K1/K2 pairs failed in study_params, before any work
     data_dir = data_root / hp.corpus
@@ -99,22 +119,10 @@ def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/o
     rows = []
     for r in plan:
         tmp = Path(tempfile.mkdtemp(prefix="bptt-"))
-        per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
-        steps = max(1, hp.budget_chars // per_step)
-        cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
-                   seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=steps, warmup_steps=min(50, steps // 10),
-                   progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
-        t = time.perf_counter()
-        res = fit(cfg, data_dir, tmp)
-        secs = time.perf_counter() - t
-        ev = evaluate(tmp / "last.ckpt", data_dir, ("val",), eval_batch=16, eval_len=512)
-        chars = steps * per_step
-        row = {**r, "steps": steps, "train_chars": chars, "train_s": round(res["train_seconds"], 1),
-               "s_per_1M_chars": round(res["train_seconds"] / chars * 1e6, 2), "val_loss": round(ev["val_loss"], 4)}
-        rows.append(row)
-        print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f} ({secs:.0f} s)", flush=True)
-        log_study(params, "bptt", r["regime"], {**vars(hp), **cfg}, {"val_loss": ev["val_loss"], "s_per_1M_chars": row["s_per_1M_chars"]}, [])
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            rows.append(_regime(params, hp, r, data_dir, tmp))
+        finally:  # a failed or interrupted regime leaves no checkpoint folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
     table = pd.DataFrame(rows).drop(columns=["bptt"])
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
     # fails half-way leaves the last complete report, not some of its files

@@ -19,8 +19,8 @@ constant guess's) and its far-end gradient is gone (ratio 3.6e-9) like the RNN's
 So the runs show the gradient reaching back in the cell that solved the task, not that
 an LSTM keeps it by construction. Read the ratio with care: for a model that did not
 solve the task it describes a model that ignores the early inputs; and the marks fall in
-the first half only, so a solver learns to ignore the near window (the last tenth of the
-lags), which raises the ratio as well. dL_T/dx_t thus mixes what the task asks for with
+the first half only, so a solver learns to ignore the near window (the smallest tenth of
+the lags: the last time steps), which raises the ratio as well. dL_T/dx_t thus mixes what the task asks for with
 how far the gradient travels.
 """
 from __future__ import annotations
@@ -68,6 +68,10 @@ class VanishingParams:
             raise UserError(f"{PARAMS}: {path}.lengths: empty; list at least one sequence length T >= 4, e.g. [20, 50, 100]")
         if any(T < 4 for T in self.lengths):
             raise UserError(f"{PARAMS}: {path}.lengths: every T must be >= 4, got {list(self.lengths)}; raise the short ones")
+        for key in ("cells", "lengths"):
+            twice = sorted({x for x in getattr(self, key) if getattr(self, key).count(x) > 1})
+            if twice:
+                raise UserError(f"{PARAMS}: {path}.{key}: {twice} listed twice; list each once")
         at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences"))
         above_zero(self, path, ("lr",))
         at_least(self, path, ("workers",), low=0)  # 0: one per CPU core

@@ -226,12 +226,13 @@ def read_back(params, task: str, invocation: str, fallback: list[dict]) -> pd.Da
     with tracking.fluent_uri(tracking.tracking_uri(params)):
         df = mlflow.search_runs(experiment_names=[f"study-variants-{task}"], filter_string=f"tags.invocation = '{invocation}'")
     return pd.DataFrame({
-        "variant": df["tags.variant"], "lr": df["params.lr"].astype(float), "hidden": df["params.hidden"].astype(int),
+        "variant": df["tags.variant"], "trial": df["params.trial"].astype(int), "lr": df["params.lr"].astype(float),
+        "hidden": df["params.hidden"].astype(int),
         "test_score": df["metrics.test_score"], "val_score": df["metrics.val_score"], "params": df["metrics.params_count"].astype(int),
     })
 
 
-PAIR = ["lr", "hidden"]  # a trial's draw: the same for every variant (trial_settings)
+PAIR = ["trial"]  # a trial's draw, (lr, hidden), is the same for every variant (trial_settings); two draws may coincide
 WILCOXON_MIN_PAIRS = 6  # below this the exact two-sided signed-rank p cannot reach 0.05 (2 / 2^5 = 0.0625)
 
 
@@ -258,10 +259,12 @@ def paired_vs_base(trials: pd.DataFrame, v: str, base: str = "V") -> tuple[np.nd
     m = a.merge(b, on=PAIR, suffixes=("", "_base"))
     m = m[np.isfinite(m.test_score) & np.isfinite(m.test_score_base)]
     d = (m.test_score - m.test_score_base).to_numpy()
-    if len(d) < 2 or not np.any(d != d[0]):
+    if len(d) < 2 or not np.any(d != 0):
         return d, float("nan"), float("nan"), float("nan")
+    w = float(stats.wilcoxon(d).pvalue) if np.count_nonzero(d) >= WILCOXON_MIN_PAIRS else float("nan")  # zeros are dropped
+    if not np.any(d != d[0]):  # the same non-zero difference in every pair: no spread, t is infinite
+        return d, math.copysign(math.inf, d[0]), 0.0, w
     t, p = stats.ttest_rel(m.test_score, m.test_score_base)
-    w = float(stats.wilcoxon(d).pvalue) if len(d) >= WILCOXON_MIN_PAIRS and np.any(d != 0) else float("nan")
     return d, float(t), float(p), w
 
 
@@ -271,12 +274,13 @@ def summarize(trials: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     rows = []
     for v in order:
         s = trials.loc[trials.variant == v, "test_score"].to_numpy()
+        diverged = int((~np.isfinite(s)).sum())
         s = s[np.isfinite(s)]
-        if len(s) == 0:
+        if len(s) == 0:  # every trial diverged: named by `reading`, from the trials
             continue
         d, t, p, w = paired_vs_base(trials, v) if v != "V" else (np.array([]), float("nan"), float("nan"), float("nan"))
         n_params = trials.loc[trials.variant == v, "params"] if "params" in trials else pd.Series(dtype=float)
-        rows.append({"variant": v, "cell": GREFF[v], "trials": len(s), "median": float(np.median(s)), "best": float(s.min()),
+        rows.append({"variant": v, "cell": GREFF[v], "trials": len(s), "diverged": diverged, "median": float(np.median(s)), "best": float(s.min()),
                      "mean": float(s.mean()), "params (median)": int(round(n_params.median())) if len(n_params) else 0,
                      "pairs": len(d), "mean_diff_vs_V": float(d.mean()) if len(d) else float("nan"),
                      "paired_t_vs_V": t, "paired_p": p, "wilcoxon_p": w})
@@ -287,7 +291,7 @@ def summarize(trials: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     sig = out["holm_p"] < 0.05  # NaN compares False
     out["significant (Holm p<0.05)"] = sig
     out["worse than V"] = sig & (out["mean_diff_vs_V"] > 0)  # lower is better on both tasks
-    cols = ["variant", "cell", "trials", "median", "best", "mean", "params (median)", "pairs", "mean_diff_vs_V",
+    cols = ["variant", "cell", "trials", "diverged", "median", "best", "mean", "params (median)", "pairs", "mean_diff_vs_V",
             "paired_t_vs_V", "paired_p", "holm_p", "wilcoxon_p", "significant (Holm p<0.05)", "worse than V"]
     return out[cols]
 
@@ -306,31 +310,42 @@ def bigram_nats(data_dir: Path) -> float:
     return float(-logp[val[:-1], val[1:]].mean())
 
 
-def reading(task: str, summary: pd.DataFrame, metric: str, baseline: float | None = None, steps: int | None = None) -> str:
+def reading(task: str, summary: pd.DataFrame, metric: str, baseline: float | None = None, steps: int | None = None,
+            order: list[str] | None = None) -> str:
     """A paragraph from the numbers: which variants hurt significantly, which do not."""
     s = summary.set_index("variant")
+    if "V" not in s.index:
+        raise UserError(f"studies.variants: every trial of V on {task} diverged (no finite score), so nothing can be compared with it; "
+                        "lower studies.variants.lr_max")
     sig = "significant (Holm p<0.05)"
     worse = [v for v in s.index if s.loc[v, "worse than V"]]
     better = [v for v in s.index if s.loc[v, sig] and not s.loc[v, "worse than V"]]
     same = [v for v in s.index if v != "V" and not s.loc[v, sig]]
     best = s["best"].idxmin()
-    n = int(s["trials"].min())
+    n = int((s["trials"] + s["diverged"]).max())
     parts = [f"On {task} ({metric}, lower is better; {n} random-search trials per variant), the best single trial is "
              f"{best} at {s.loc[best, 'best']:.3f}; vanilla V has median {s.loc['V', 'median']:.3f} and best {s.loc['V', 'best']:.3f}."]
+    gone = [v for v in (order or []) if v not in s.index]
+    if gone or s["diverged"].any():
+        parts.append("Diverged (no finite score): " + ", ".join(
+            [f"{v} all {n}" for v in gone] + [f"{v} {d} of {n}" for v, d in s["diverged"].items() if d]) + "; the paired test uses the finite pairs only.")
     if baseline is not None:
         above = [v for v in s.index if s.loc[v, "median"] >= baseline]
         parts.append(f"These are early-training numbers{f' after {steps} optimizer steps' if steps else ''}: a character-bigram"
-                     f" model counted on the training split scores {baseline:.3f} on the same split, and the median of"
+                     f" model counted on the training split scores {baseline:.3f} nats/char on the val split, and the median of"
                      f" {', '.join(above) if above else 'no variant'} is not below it.")
     tested = int(s["holm_p"].notna().sum())
-    test = f"paired t-test over the {n} shared (lr, hidden) draws, Holm-corrected over the {tested} variants tested, p < 0.05"
+    pairs = s.loc[s.index != "V", "pairs"]
+    npairs = f"{pairs.min()}" if pairs.min() == pairs.max() else f"{pairs.min()}-{pairs.max()}"
+    test = f"paired t-test over {npairs} shared (lr, hidden) draws, Holm-corrected over the {tested} variants tested, p < 0.05"
     parts.append(f"Significantly worse than V ({test}): {', '.join(worse) if worse else 'none'}.")
     if better:
         parts.append(f"Significantly better than V: {', '.join(better)}.")
     parts.append(f"No significant difference from V: {', '.join(same) if same else 'none'}.")
-    if n < WILCOXON_MIN_PAIRS:
-        parts.append(f"The Wilcoxon signed-rank test is left out: with {n} pairs its smallest two-sided p is"
-                     f" {2 / 2**n:.3g}, so it could never reach 0.05.")
+    if int(pairs.min()) < WILCOXON_MIN_PAIRS:
+        k = int(pairs.min())
+        parts.append(f"The Wilcoxon signed-rank test is left out: with {k} pairs its smallest two-sided p is"
+                     f" {2 / 2**k:.3g}, so it could never reach 0.05.")
     else:
         parts.append("The table's wilcoxon_p (signed-rank test, uncorrected) checks the t-test without assuming normal differences.")
     if n < 10:
@@ -377,9 +392,9 @@ def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("da
         summaries[task] = summ
         if task == "text":
             baselines[task] = bigram_nats(data_root / hp.text_corpus)
-            paragraphs.append(reading(task, summ, TASKS[task]["metric"], baselines[task], steps))
+            paragraphs.append(reading(task, summ, TASKS[task]["metric"], baselines[task], steps, order))
         else:
-            paragraphs.append(reading(task, summ, TASKS[task]["metric"]))
+            paragraphs.append(reading(task, summ, TASKS[task]["metric"], order=order))
     result = {"invocation": invocation, "reading": paragraphs, "bigram_nats_per_char": baselines,
               **({"text_steps": steps} if "text" in hp.tasks else {}),
               "best": {t: s.set_index("variant")["best"].to_dict() for t, s in summaries.items()}}

@@ -183,12 +183,12 @@ def test_variants_reading_cites_only_the_variants_that_ran():
 
     def summary(names, trials):
         sig = [False] + [True] * (len(names) - 1)
-        return pd.DataFrame({"variant": names, "trials": trials, "median": 8.7, "best": [8.5 + 0.01 * k for k in range(len(names))],
+        return pd.DataFrame({"variant": names, "trials": trials, "diverged": 0, "pairs": trials, "median": 8.7, "best": [8.5 + 0.01 * k for k in range(len(names))],
                              "params (median)": 20000, "holm_p": [np.nan] + [0.01] * (len(names) - 1),
                              "significant (Holm p<0.05)": sig, "worse than V": sig})
 
     chung = reading("jsb", summary(["V", "GRU", "RNN"], 20), "NLL")
-    assert ("Significantly worse than V (paired t-test over the 20 shared (lr, hidden) draws, Holm-corrected over the"
+    assert ("Significantly worse than V (paired t-test over 20 shared (lr, hidden) draws, Holm-corrected over the"
             " 2 variants tested, p < 0.05): GRU, RNN.") in chung
     assert "equal width, not at equal parameters" in chung and "wilcoxon_p" in chung
     assert "NOAF" not in chung and "Chung et al. 2014" in chung
@@ -197,4 +197,4 @@ def test_variants_reading_cites_only_the_variants_that_ran():
     few = reading("jsb", summary(["V", "NOAF"], 4), "NLL")
     assert "little power" in few and "Wilcoxon signed-rank test is left out" in few and "0.125" in few
     text = reading("text", summary(["V", "NOAF"], 4), "nats/char", baseline=8.7, steps=146)
-    assert "after 146 optimizer steps" in text and "scores 8.700" in text and "the median of V, NOAF is not below it" in text
+    assert "after 146 optimizer steps" in text and "scores 8.700 nats/char on the val split" in text and "the median of V, NOAF is not below it" in text

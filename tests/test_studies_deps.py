@@ -43,6 +43,8 @@ def test_every_imported_project_file_is_a_dep():
     missing = {}
     for name, stage in stages.items():
         module = shlex.split(stage["cmd"])[2]
+        assert _file(module) is not None, f"{name}: its command's module {module} is not a project file"
+        assert f"{module.replace('.', '/')}.py" in project_imports(module), name  # the walk starts from a real file
         deps = [d.rstrip("/") for d in stage["deps"]]
         gaps = sorted(f for f in project_imports(module) if not any(f == d or f.startswith(d + "/") for d in deps))
         if gaps:

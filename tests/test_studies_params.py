@@ -13,6 +13,7 @@ BAD = [
     ("vanishing", "studies.vanishing.steps=0", "studies.vanishing.steps: must be >= 1"),
     ("vanishing", "studies.vanishing.lengths=[]", "studies.vanishing.lengths: empty"),
     ("vanishing", "studies.vanishing.lengths=[20,0]", "studies.vanishing.lengths: every T must be >= 4"),
+    ("vanishing", "studies.vanishing.lengths=[20,20]", "studies.vanishing.lengths: [20] listed twice"),
     ("vanishing", "studies.vanishing.test_sequences=0", "studies.vanishing.test_sequences: must be >= 1"),
     ("vanishing", "studies.vanishing.workers=-1", "studies.vanishing.workers: must be >= 0"),
     ("bptt", "studies.bptt.full_len=0", "studies.bptt.full_len: must be >= 1"),

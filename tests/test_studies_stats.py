@@ -12,8 +12,8 @@ import pytest
 def _trials(scores: dict[str, list[float]]) -> pd.DataFrame:
     """One row per (variant, draw); draw k has the same (lr, hidden) for every variant, rows shuffled."""
     draws = [(1e-3 * (k + 1), 24 + 5 * k) for k in range(len(scores["V"]))]
-    rows = [{"variant": v, "lr": lr, "hidden": h, "test_score": s, "params": 1000}
-            for v, ss in scores.items() for (lr, h), s in zip(draws, ss)]
+    rows = [{"variant": v, "trial": k, "lr": lr, "hidden": h, "test_score": s, "params": 1000}
+            for v, ss in scores.items() for k, ((lr, h), s) in enumerate(zip(draws, ss))]
     return pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)
 
 
@@ -96,3 +96,28 @@ def test_adding_test_uses_exactly_n_sequences():
     assert test_adding(model, 6, 3) == by_hand([3])  # was 500
     with pytest.raises(ValueError, match="n must be >= 1"):
         test_adding(model, 6, 0)
+
+
+def test_pairs_are_trials_even_when_two_draws_coincide_and_divergence_is_reported():
+    from studies.variants import paired_vs_base, reading, summarize
+
+    t = _trials({"V": [1.0, 2.0, 3.0, 4.0], "NIG": [1.1, 2.05, 3.3, 4.2], "FGR": [float("nan")] * 4, "CIFG": [1.5, float("nan"), 3.5, 4.5]})
+    t.loc[:, ["lr", "hidden"]] = (0.01, 32)  # lr_min == lr_max and one hidden size: every draw alike
+    d, _, p, _ = paired_vs_base(t, "NIG")
+    assert sorted(d.round(6)) == [0.05, 0.1, 0.2, 0.3]  # 4 pairs by trial, not 16 by (lr, hidden)
+    s = summarize(t, ["V", "NIG", "FGR", "CIFG"])
+    assert "FGR" not in set(s.variant) and s.set_index("variant").loc["CIFG", ["diverged", "pairs"]].tolist() == [1, 3]
+    text = reading("jsb", s, "NLL", order=["V", "NIG", "FGR", "CIFG"])
+    assert "Diverged (no finite score): FGR all 4, CIFG 1 of 4" in text and "over 3-4 shared (lr, hidden) draws" in text
+    # the same non-zero difference in every pair: a sure difference, not "no test"
+    d, t_, p, _ = paired_vs_base(_trials({"V": [1.0, 2.0, 3.0], "NP": [1.5, 2.5, 3.5]}), "NP")
+    assert p == 0.0 and t_ > 0
+
+
+def test_a_v_that_diverged_everywhere_is_one_line():
+    from pipeline.errors import UserError
+    from studies.variants import reading, summarize
+
+    s = summarize(_trials({"V": [float("nan")] * 3, "NIG": [1.0, 2.0, 3.0]}), ["V", "NIG"])
+    with pytest.raises(UserError, match="every trial of V on jsb diverged.*lower studies.variants.lr_max"):
+        reading("jsb", s, "NLL", order=["V", "NIG"])
