@@ -54,7 +54,6 @@ def iter_npy(path, chunk_rows: int = 16 << 20):
     """Yield (offset, chunk) of a .npy file read sequentially, without a memory map."""
     with open(path, "rb") as f:
         shape, dtype = read_header(f)
-        row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
         n = shape[0] if shape else 0
         pos = 0
         while pos < n:

@@ -24,7 +24,6 @@ import argparse
 import collections
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
