@@ -27,6 +27,16 @@ SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
 PY = sys.executable
 
 
+def ctrl_c_default() -> None:
+    """`preexec_fn` for a child that a test sends Ctrl-C: SIGINT at its default, as under a
+    terminal. A process started in the background by a shell without job control (`cmd &`
+    in a script, some CI runners) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so the Ctrl-C tests would measure the launcher, not the code."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_module(module: str, *args, cwd=ROOT, env=None, check=False, timeout=600):
     """Run `python -m module args` like a user; return CompletedProcess (text)."""
     e = dict(os.environ)

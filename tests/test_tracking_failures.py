@@ -14,7 +14,7 @@ import time
 import mlflow
 import pytest
 
-from tests.conftest import ROOT, dvc, free_port, mlflow_server, one_line_error, run_module
+from tests.conftest import ROOT, ctrl_c_default, dvc, free_port, mlflow_server, one_line_error, run_module
 from tests.pipeline_project import tiny_project
 
 
@@ -123,7 +123,7 @@ def test_an_interrupted_training_is_killed_in_mlflow_with_its_last_losses(data, 
     args = ["--set", "train.max_steps=100000", "--set", "train.max_seconds=120", "--set", "train.val_every=30",
             "--set", "train.log_every=1", "--set", "train.progress_every=1"]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "tiny", *args], cwd=proj, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     try:
         client = mlflow.MlflowClient(uri)
         end = time.monotonic() + 120
