@@ -127,10 +127,6 @@ class CharLM(L.LightningModule):
             ctx, state = x[:, :0], None
         else:
             ctx, state = self._carry
-            if ctx.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"the resumed TBPTT carry holds {ctx.shape[0]} streams, this rank reads {x.shape[0]}: resume with the batch_size "
-                    "it was saved with (a checkpoint written under DDP before the carry was gathered holds rank 0's streams only)")
         window = torch.cat([ctx, x], 1)  # the last <= K2 tokens; the K1 new ones at the end
         keep = min(hp.k2 - hp.k1, window.shape[1])  # context the next window reuses
         head = window.shape[1] - keep
@@ -249,8 +245,8 @@ class CharLM(L.LightningModule):
         if carry is not None:
             rank, world = self._world()
             ctx, state = carry["ctx"], carry["state"]
-            rows = ctx.shape[0] // world  # this rank's streams of the global batch
             if world > 1:
+                rows = ctx.shape[0] // world  # this rank's streams of the global batch
                 ctx, state = ctx[rank * rows : (rank + 1) * rows], [s[:, rank * rows : (rank + 1) * rows] for s in state]
             self._carry = (ctx.to(self.device), tuple(s.to(self.device) for s in state))
         rng = checkpoint.get("rng")
@@ -265,6 +261,12 @@ class CharLM(L.LightningModule):
     def on_train_start(self):
         if self._carry is not None:  # restored on CPU before the model moved
             ctx, state = self._carry
+            dm = self.trainer.datamodule
+            local = dm.batch_size // self.trainer.world_size if dm is not None else ctx.shape[0]
+            if ctx.shape[0] != local:
+                raise ValueError(
+                    f"the resumed TBPTT carry holds {ctx.shape[0]} streams, this rank reads {local}: resume with the batch_size "
+                    "it was saved with (a checkpoint written under DDP before the carry was gathered holds rank 0's streams only)")
             self._carry = (ctx.to(self.device), tuple(s.to(self.device) for s in state))
 
 

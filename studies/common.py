@@ -54,6 +54,15 @@ def above_zero(obj, path: str, keys: tuple[str, ...]) -> None:
             raise UserError(f"{PARAMS}: {path}.{key}: must be > 0, got {v!r}; set a positive value")
 
 
+def distinct(obj, path: str, keys: tuple[str, ...]) -> None:
+    """Each of `keys` (lists) names each entry once: one line naming the repeats otherwise."""
+    for key in keys:
+        values = list(getattr(obj, key))
+        twice = sorted({x for x in values if values.count(x) > 1})
+        if twice:
+            raise UserError(f"{PARAMS}: {path}.{key}: {twice} listed twice; list each once")
+
+
 def ordered(obj, path: str, low: str, high: str) -> None:
     """Range bounds: `low` <= `high`."""
     if getattr(obj, low) > getattr(obj, high):

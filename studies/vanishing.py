@@ -40,7 +40,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, n_params, test_adding, train_adding
-from studies.common import REPORTS, above_zero, at_least, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,7 @@ class VanishingParams:
             raise UserError(f"{PARAMS}: {path}.lengths: empty; list at least one sequence length T >= 4, e.g. [20, 50, 100]")
         if any(T < 4 for T in self.lengths):
             raise UserError(f"{PARAMS}: {path}.lengths: every T must be >= 4, got {list(self.lengths)}; raise the short ones")
-        for key in ("cells", "lengths"):
-            twice = sorted({x for x in getattr(self, key) if getattr(self, key).count(x) > 1})
-            if twice:
-                raise UserError(f"{PARAMS}: {path}.{key}: {twice} listed twice; list each once")
+        distinct(self, path, ("cells", "lengths"))
         at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences"))
         above_zero(self, path, ("lr",))
         at_least(self, path, ("workers",), low=0)  # 0: one per CPU core

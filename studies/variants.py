@@ -59,7 +59,7 @@ import pandas as pd
 from pipeline.atomic import atomic_dir, write_text
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, above_zero, at_least, ordered, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, distinct, ordered, pyplot, save_png, study_params, write_result, write_table
 
 GREFF = {"V": "lstm-v", "NIG": "lstm-nig", "NFG": "lstm-nfg", "NOG": "lstm-nog", "NIAF": "lstm-niaf", "NOAF": "lstm-noaf",
          "NP": "lstm-np", "CIFG": "lstm-cifg", "FGR": "lstm-fgr", "GRU": "gru", "RNN": "rnn", "LSTM (lecture)": "lstm"}
@@ -96,10 +96,7 @@ class VariantsParams:
             raise UserError(f"{PARAMS}: {path}.variants: unknown {unknown}; choose from {', '.join(GREFF)}")
         if "V" not in self.variants:
             raise UserError(f"{PARAMS}: {path}.variants: must include V (the baseline of the paired tests); add V")
-        for key in ("tasks", "variants"):
-            twice = sorted({x for x in getattr(self, key) if getattr(self, key).count(x) > 1})
-            if twice:
-                raise UserError(f"{PARAMS}: {path}.{key}: {twice} listed twice; list each once")
+        distinct(self, path, ("tasks", "variants"))
         at_least(self, path, ("trials", "hidden_min", "jsb_max_epochs", "jsb_patience", "jsb_batch", "text_budget_chars",
                               "text_batch", "text_seq_len"))
         above_zero(self, path, ("lr_min",))

@@ -178,6 +178,10 @@ def test_bad_params_are_one_line_errors(tmp_path):
     from pipeline.config import load_params
 
     assert load_params(proj / "params.yaml", {"sample.argmax": True, "sample.temperature": 0.0}).sample.argmax  # greedy: no T needed
+    from lightning_modules.sampling import MIN_TEMPERATURE
+    from pipeline.config import MIN_TEMPERATURE as PARAMS_MIN
+
+    assert PARAMS_MIN == MIN_TEMPERATURE  # the params check and the sampler agree (config imports no torch)
 
 
 def test_train_runs_on_a_bare_box_without_matplotlib(repro, tmp_path, monkeypatch, capsys):
