@@ -40,9 +40,9 @@ bench: setup
 
 # the store the stages log to (MLFLOW_TRACKING_URI, else params.yaml's tracking.uri, else ./mlflow.db)
 mlflow-ui: setup
-	@uri=$$($(PY) -m pipeline.tracking) && case "$$uri" in \
+	@uri=$$($(PY) -m pipeline.tracking --full) && case "$$uri" in \
 	  http://*|https://*) echo "the runs are on the tracking server $$uri: open it in a browser";; \
-	  *) echo "store: $$uri"; mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000;; esac
+	  *) echo "store: $$($(PY) -m pipeline.tracking)"; mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000;; esac
 
 clean:
 	rm -rf data/raw data/tokens data/onehot models metrics samples

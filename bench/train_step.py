@@ -4,8 +4,9 @@ DataModule) against a plain PyTorch loop on the same model and batch, in the sam
     python bench/train_step.py                      # CPU: 2x256 LSTM, B32 T128, fp32
     python bench/train_step.py --device cuda        # GPU: 3x512 LSTM, B128 T128, bf16 autocast
     python bench/train_step.py --quick              # a few steps, to check the script
-    python bench/train_step.py --precision auto     # CPU in params.yaml's precision: bf16 where the
-                                                    # CPU has it, + the fp32 plain loop for scale
+    python bench/train_step.py --precision auto     # CPU in `auto`'s precision (bf16 where the CPU
+                                                    # computes it fast), + the fp32 plain loop for scale
+    python bench/train_step.py --precision bf16-mixed  # CPU in bf16 whatever `auto` takes: is it faster here?
 
 Prints a table; writes bench/out/train_step_<device>.json. The two loops alternate
 `--rounds` times; the table gives the best of each and the ratio of every round, so the

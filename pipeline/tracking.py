@@ -466,14 +466,18 @@ def checkpoint_from_model_uri(model_uri: str, dst: Path | None = None) -> tuple[
 
 @cli
 def main(argv=None):
-    """`python -m pipeline.tracking [--params F]`: print the tracking URI the stages log to."""
+    """`python -m pipeline.tracking [--params F] [--full]`: print the tracking URI the stages log
+    to, a database password as *** unless --full (for a tool that must open the store)."""
     import argparse
 
     from pipeline.config import load_params
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--params", default="params.yaml")
-    print(tracking_uri(load_params(ap.parse_args(argv).params)))
+    ap.add_argument("--full", action="store_true", help="print the password too (to pass the URI on, not to show it)")
+    a = ap.parse_args(argv)
+    uri = tracking_uri(load_params(a.params))
+    print(uri if a.full else hide_password(uri))
 
 
 if __name__ == "__main__":

@@ -319,3 +319,14 @@ def test_a_run_deleted_in_the_ui_counts_as_gone_and_a_score_is_logged_once(tmp_p
     client.delete_run(run_id)
     assert tracking.find_run(uri, run_id) == (None, "the run was deleted")
     assert tracking.add_to_run(mlf, [], {"eval_val_loss": 1.4}, 3) is False  # a note, no error
+
+
+def test_the_printed_tracking_uri_hides_a_database_password(tmp_path):
+    """`python -m pipeline.tracking` shows the URI without its password; `--full` (the Makefile's, to open the store) with it."""
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI="postgresql://ann:s3cret@127.0.0.1:5432/mlflow")
+    shown = run_module("pipeline.tracking", "--params", str(ROOT / "params.yaml"), cwd=tmp_path, env=env)
+    full = run_module("pipeline.tracking", "--params", str(ROOT / "params.yaml"), "--full", cwd=tmp_path, env=env)
+    assert shown.returncode == full.returncode == 0, shown.stderr + full.stderr
+    assert shown.stdout.strip() == "postgresql://ann:***@127.0.0.1:5432/mlflow"
+    assert full.stdout.strip() == "postgresql://ann:s3cret@127.0.0.1:5432/mlflow"
