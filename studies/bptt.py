@@ -1,29 +1,28 @@
 """Study `bptt` (slide 4): full BPTT against truncated BPTT(K1, K2), cost against quality.
 
-    python -m studies.bptt           # -> reports/bptt/{tradeoff.csv,.md, tradeoff.png, result.json}
+    python -m studies.bptt           # -> reports/bptt/{tradeoff,updates}.{csv,md}, tradeoff.png, curves.png, result.json
 
 On a character corpus (Tiny Shakespeare by default), the same model and the same budget
 of training characters for every regime:
 - full BPTT over random windows of `full_len` characters (one backward per window);
 - TBPTT(K1, K2) over B contiguous streams with the state carried: every K1 characters,
   back-propagate through the last K2 (the grid of `k1_eq_k2`, plus the `k1_lt_k2` pairs).
-Reported: seconds per million training characters and the validation loss (nats/char,
-the whole val split scored with the state carried) at the end of the budget.
 
-What the table does and does not show:
-- Equal characters are not equal updates. A regime takes budget / (B * K1) optimizer
-  steps: full BPTT (K1 = 256) 183, TBPTT(16,16) 2,929, 16 times more. For the K1 = K2
-  regimes the committed val_loss falls with the number of steps (183: 2.149, 366: 1.946,
-  732: 1.807, 1,464: 1.720, 2,929: 1.665), so the column follows the update count and
-  does not show that shorter truncation makes a better model. The like-for-like pair is
-  TBPTT(32,32) against TBPTT(32,64): the same 1,464 steps and characters, 1.720 against
-  1.707, one seed.
-- The seconds are the wall time of Lightning's whole `fit`: its setup, the final
-  validation and the checkpoint writes as well as the training steps. In runs of 18 to
-  39 s that fixed part narrows the cost ratios between regimes.
-- Every model is scored the same way, on long streams with the state carried; full BPTT
-  trained on `full_len`-character windows from a zero state only, so states carried past
-  `full_len` steps are new to it, which may count against it.
+Equal characters are not equal updates: a regime takes budget / (B * K1) optimizer steps,
+full BPTT (K1 = 256) 16 times fewer than TBPTT(16,16). So every regime is validated at the
+same step interval (full BPTT's steps / `val_points`) and the report reads the curves three
+ways:
+- at equal characters (the end of the budget): `tradeoff.md`;
+- at equal updates (the last validation step every regime reached): `updates.md`;
+- against characters, updates and seconds: `curves.png`.
+The seconds are those of the training steps only (forward, backward, optimizer step, summed
+between Lightning's batch-start and batch-end hooks): setup, validation and checkpoint
+writes are left out.
+
+Every model is scored twice on the whole val split: on long streams with the state carried
+(`val_loss`, as the pipeline scores), and on windows of `full_len` characters, each from a
+zero state (`val_loss_windows`): the regime full BPTT trained in, so a state carried past
+`full_len` steps, new to it, does not count against it there.
 """
 from __future__ import annotations
 
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback
 
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
@@ -53,10 +54,11 @@ class BpttParams:
     k1_eq_k2: tuple[int, ...] = (16, 32, 64, 128)
     k1_lt_k2: tuple[str, ...] = ("32:64",)  # "K1:K2" pairs with K1 < K2
     seed: int = 1337
+    val_points: int = 4  # validations over full BPTT's steps; every regime validates at that step interval
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
-        at_least(self, path, ("full_len", "budget_chars"))
+        at_least(self, path, ("full_len", "budget_chars", "val_points", "batch_size"))
         bad = [k for k in self.k1_eq_k2 if k < 1]
         if bad:
             raise UserError(f"{PARAMS}: {path}.k1_eq_k2: every K must be >= 1, got {list(self.k1_eq_k2)}; remove {bad}")
@@ -87,25 +89,111 @@ def regimes(hp: BpttParams) -> list[dict]:
 
 
 
+class Curve(Callback):
+    """(step, characters, seconds of training steps, val_loss) at every validation.
+
+    The seconds are summed between Lightning's batch-start and batch-end hooks (forward,
+    backward and the optimizer step): setup, validation and checkpoint writes are left out."""
+
+    def __init__(self, chars_per_step: int):
+        self.chars_per_step, self.points, self.seconds, self._t = chars_per_step, [], 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self._t
+
+    def on_validation_end(self, trainer, pl_module):
+        step = trainer.global_step
+        if trainer.sanity_checking or (self.points and self.points[-1]["step"] == step):
+            return
+        self.points.append({"step": step, "chars": step * self.chars_per_step, "train_s": round(self.seconds, 3),
+                            "val_loss": round(float(trainer.callback_metrics["val_loss"]), 4)})
+
+
+def windowed_loss(model: torch.nn.Module, ids: torch.Tensor, window: int, batch: int = 64) -> float:
+    """Mean cross-entropy (nats/token) of `ids` cut into windows of `window` tokens, each
+    predicted from a zero state: L = -(1/N) sum_w sum_t log p(x_{t+1} | x_w..x_t)."""
+    n = (len(ids) - 1) // window
+    if n < 1:
+        raise UserError(f"the val split has {len(ids)} tokens, fewer than one window of full_len+1={window + 1}; lower studies.bptt.full_len")
+    x, y = ids[: n * window].view(n, window).long(), ids[1 : n * window + 1].view(n, window).long()
+    total = 0.0
+    with torch.inference_mode():
+        for a in range(0, n, batch):
+            logits, _ = model(x[a : a + batch])
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y[a : a + batch].reshape(-1), reduction="sum").item()
+    return total / (n * window)
+
+
+def full_steps(hp: BpttParams) -> int:
+    """Full BPTT's optimizer steps for the budget; the other regimes validate every full_steps / val_points steps."""
+    return max(1, hp.budget_chars // (hp.batch_size * hp.full_len))
+
+
 def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> dict:
-    """Train one regime for the character budget in `tmp`, score it on val, log it; its table row."""
-    from lightning_modules.train import evaluate, fit
+    """Train one regime for the character budget in `tmp`, score it on val, log it; its table row and curve."""
+    from lightning_modules.checkpoint import load_checkpoint
+    from lightning_modules.data import load_split
+    from lightning_modules.train import fit
 
     per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
     steps = max(1, hp.budget_chars // per_step)
+    val_every = max(1, full_steps(hp) // hp.val_points)
     cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
-               seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=steps, warmup_steps=min(50, steps // 10),
+               seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=val_every, warmup_steps=min(50, steps // 10),
                progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
+    curve = Curve(per_step)
     t = time.perf_counter()
-    res = fit(cfg, data_dir, tmp)
+    fit(cfg, data_dir, tmp, callbacks=[curve])
     secs = time.perf_counter() - t
-    ev = evaluate(tmp / "last.ckpt", data_dir, ("val",), eval_batch=16, eval_len=512)
+    model, _, _ = load_checkpoint(tmp / "last.ckpt", map_location="cpu")
+    windows = windowed_loss(model.eval(), load_split(data_dir, "val"), hp.full_len)
+    end = curve.points[-1]
     chars = steps * per_step
-    row = {**r, "steps": steps, "train_chars": chars, "train_s": round(res["train_seconds"], 1),
-           "s_per_1M_chars": round(res["train_seconds"] / chars * 1e6, 2), "val_loss": round(ev["val_loss"], 4)}
-    print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f} ({secs:.0f} s)", flush=True)
-    log_study(params, "bptt", r["regime"], {**vars(hp), **cfg}, {"val_loss": ev["val_loss"], "s_per_1M_chars": row["s_per_1M_chars"]}, [])
-    return row
+    row = {**r, "steps": steps, "train_chars": chars, "train_s": round(end["train_s"], 1),
+           "s_per_1M_chars": round(end["train_s"] / chars * 1e6, 2), "val_loss": end["val_loss"], "val_loss_windows": round(windows, 4)}
+    print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f}"
+          f" (windows {row['val_loss_windows']:.4f}; {len(curve.points)} validations, {secs:.0f} s in all)", flush=True)
+    log_study(params, "bptt", r["regime"], {**vars(hp), **cfg},
+              {"val_loss": row["val_loss"], "val_loss_windows": windows, "s_per_1M_chars": row["s_per_1M_chars"]}, [])
+    return {**row, "curve": curve.points}
+
+
+def at_equal_updates(rows: list[dict]) -> tuple[int, list[dict]]:
+    """The last validation step every regime reached, and each regime's point there."""
+    common = set.intersection(*({p["step"] for p in r["curve"]} for r in rows))
+    if not common:
+        raise UserError("the regimes share no validation step; raise studies.bptt.val_points or budget_chars")
+    step = max(common)
+    return step, [{"regime": r["regime"], "k1": r["k1"], "k2": r["k2"], **next(p for p in r["curve"] if p["step"] == step)} for r in rows]
+
+
+def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for _, row in table.iterrows():
+        ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="tab:red" if row["regime"].startswith("full") else "tab:blue")
+        ax.annotate(row["regime"], (row["s_per_1M_chars"], row["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("training cost: seconds of training steps per million characters")
+    ax.set_ylabel("val_loss after the budget (nats/char)")
+    ax.set_title(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, {hp.budget_chars:,} training characters each")
+    ax.grid(alpha=0.3)
+    save_png(fig, out / "tradeoff.png")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for r in rows:
+        style = dict(marker="o", ms=3, lw=1.5 if r["bptt"] == "full" else 1, color="tab:red" if r["bptt"] == "full" else None, label=r["regime"])
+        for ax, key in zip(axes, ("step", "chars", "train_s")):
+            ax.plot([p[key] for p in r["curve"]], [p["val_loss"] for p in r["curve"]], **style)
+    for ax, label in zip(axes, ("optimizer steps (updates)", "training characters", "seconds of training steps")):
+        ax.set_xlabel(label)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val_loss (nats/char, state carried)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, the same validations read against updates, characters and seconds")
+    save_png(fig, out / "curves.png")
 
 
 def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/onehot")) -> dict:
@@ -123,23 +211,16 @@ def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/o
             rows.append(_regime(params, hp, r, data_dir, tmp))
         finally:  # a failed or interrupted regime leaves no checkpoint folder behind
             shutil.rmtree(tmp, ignore_errors=True)
-    table = pd.DataFrame(rows).drop(columns=["bptt"])
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("bptt", "curve")} for r in rows])
+    step, same = at_equal_updates(rows)
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
     # fails half-way leaves the last complete report, not some of its files
     with atomic_dir(out_dir) as out:
         write_table(table, out, "tradeoff")
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for _, row in table.iterrows():
-            ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="tab:red" if row["regime"].startswith("full") else "tab:blue")
-            ax.annotate(row["regime"], (row["s_per_1M_chars"], row["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-        ax.set_xlabel("training cost: seconds per million characters")
-        ax.set_ylabel("val_loss after the budget (nats/char)")
-        ax.set_title(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, {hp.budget_chars:,} training characters each")
-        ax.grid(alpha=0.3)
-        save_png(fig, out / "tradeoff.png")
-        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars})
-    log_study(params, "bptt", "report", hp, {}, [out_dir / f for f in ("tradeoff.md", "tradeoff.csv", "tradeoff.png", "result.json")])
+        write_table(pd.DataFrame(same), out, "updates")
+        _plots(out, hp, table, rows)
+        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars, "equal_updates": {"step": step, "rows": same}})
+    log_study(params, "bptt", "report", hp, {}, [out_dir / f for f in ("tradeoff.md", "tradeoff.csv", "updates.md", "updates.csv", "tradeoff.png", "curves.png", "result.json")])
     return {"rows": rows}
 
 
@@ -151,6 +232,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     run(load_params(a.params, parse_sets(a.set)))
     print((REPORTS / "bptt" / "tradeoff.md").read_text())
+    print((REPORTS / "bptt" / "updates.md").read_text())
 
 
 if __name__ == "__main__":

@@ -69,6 +69,12 @@ def render(reports: Path = REPORTS) -> str:
         "",
         "![cost against quality](../reports/bptt/tradeoff.png)",
         "",
+        "The same runs at equal updates:",
+        "",
+        _md(reports / "bptt/updates.md"),
+        "",
+        "![the same validations against updates, characters and seconds](../reports/bptt/curves.png)",
+        "",
         *tasks_lines(reports),
         "## 2. What are the parts of an LSTM neuron?",
         "",
@@ -149,21 +155,26 @@ def gradient_line(van: dict) -> str:
 
 
 def bptt_line(b: dict) -> str:
-    """What the BPTT table does and does not show: equal characters are not equal updates."""
+    """The BPTT tables read together: equal characters are not equal updates, and both are measured."""
     rows = b["rows"]
     steps = ", ".join(f"{r['regime']} {r['steps']:,}" for r in rows)
     same_k1 = [(r, q) for r in rows for q in rows if r["bptt"] == q["bptt"] == "tbptt" and r["k1"] == q["k1"] and r["k2"] < q["k2"]]
     pair = "; ".join(f"{r['regime']} {r['val_loss']:.3f} against {q['regime']} {q['val_loss']:.3f} ({r['steps']:,} steps each)"
                      for r, q in same_k1)
-    eq = sorted((r for r in rows if r["k1"] == r["k2"]), key=lambda r: r["steps"])
-    falls = len(eq) > 2 and all(a["val_loss"] > b["val_loss"] for a, b in zip(eq, eq[1:]))
-    follows = (" For the regimes with K1 = K2 the val_loss falls as the number of updates rises, so the column does not"
-               " show that shorter truncation makes a better model") if falls else " Read the val_loss column with the update count"
-    return (f"Equal characters are not equal updates: the optimizer steps are {steps}." + follows
-            + (f"; like for like (same K1, so the same updates and characters, one seed): {pair}." if pair else ".")
-            + " The seconds are the wall time of Lightning's whole fit (its setup, the final validation and the"
-            " checkpoint writes as well as the steps), which narrows the cost ratios of these short runs. Every regime is"
-            " scored on long streams with the state carried; full BPTT trained from a zero state on windows of its T only.")
+    best_chars = min(rows, key=lambda r: r["val_loss"])
+    eq = b["equal_updates"]
+    at = sorted(eq["rows"], key=lambda r: r["val_loss"])
+    ranked = ", ".join(f"{r['regime']} {r['val_loss']:.3f}" for r in at)
+    full = next(r for r in rows if r["bptt"] == "full")
+    best_win = min(rows, key=lambda r: r["val_loss_windows"])
+    return (f"Equal characters are not equal updates: the optimizer steps are {steps}. At the end of the budget"
+            f" (equal characters) {best_chars['regime']} scores best, {best_chars['val_loss']:.3f}"
+            + (f"; like for like (same K1, so the same updates and characters, one seed): {pair}" if pair else "")
+            + f". At equal updates ({eq['step']:,} steps, the last validation every regime reached; `updates.md`), best first: {ranked}."
+            f" Scored on windows of its own T from a zero state, full BPTT gets {full['val_loss_windows']:.3f}"
+            f" (state carried: {full['val_loss']:.3f}); the best regime on those windows is {best_win['regime']},"
+            f" {best_win['val_loss_windows']:.3f}. The seconds are those of the training steps alone (setup, validation"
+            " and checkpoint writes left out); `curves.png` reads the same validations against updates, characters and seconds.")
 
 
 def text_line(var: dict) -> str:

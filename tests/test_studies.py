@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.config import load_params
 from tests.conftest import ROOT, SHARED_CORPORA, one_line_error, run_module
@@ -77,9 +78,45 @@ def test_bptt_study_tiny(tmp_path):
     t = pd.read_csv(tmp_path / "b/tradeoff.csv")
     assert list(t.regime) == ["full BPTT (T=32)", "TBPTT(8,8)", "TBPTT(16,16)", "TBPTT(8,16)"]
     assert (t.train_chars <= 6000).all() and t.val_loss.between(0, math.log(40)).all()
+    assert t.val_loss_windows.between(0, math.log(40)).all() and (t.train_s > 0).all()
+    # every regime validates at full BPTT's step interval: 6000 // (8 * 32) = 23 steps, val_points 4 -> every 5
+    res = json.loads((tmp_path / "b/result.json").read_text())
+    for r in res["rows"]:
+        steps = [p["step"] for p in r["curve"]]
+        assert steps[:4] == [5, 10, 15, 20] and steps[-1] == r["steps"] and r["curve"][-1]["val_loss"] == r["val_loss"]
+        assert [p["chars"] for p in r["curve"]] == [s * 8 * r["k1"] for s in steps]
+        assert all(a["train_s"] < b["train_s"] for a, b in zip(r["curve"], r["curve"][1:]))
+    u = pd.read_csv(tmp_path / "b/updates.csv")
+    assert res["equal_updates"]["step"] == 20 and list(u.regime) == list(t.regime) and (u.step == 20).all()
+    assert (tmp_path / "b/curves.png").stat().st_size > 0 and (tmp_path / "b/updates.md").is_file()
     bad = params_for(tmp_path, **{"studies.bptt.k1_lt_k2": ["64:32"]})
     with pytest.raises(Exception, match="0 < K1 <= K2"):
         bptt.run(bad, tmp_path / "b2", data_root=tmp_path / "onehot")
+
+
+def test_bptt_windowed_loss_is_the_mean_over_zero_state_windows():
+    """windowed_loss: each window predicted from a zero state, the remainder (< one window) left out."""
+    from studies.bptt import windowed_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    emb, rnn, head = torch.nn.Embedding(7, 5), torch.nn.LSTM(5, 6, batch_first=True), torch.nn.Linear(6, 7)
+
+    def forward(ids, state=None):
+        y, state = rnn(emb(ids), state)
+        return head(y), state
+
+    model.forward = forward
+    ids = torch.randint(0, 7, (53,))
+    want = []
+    for a in range(0, 48, 8):  # (53 - 1) // 8 = 6 windows of 8
+        logits, _ = forward(ids[a : a + 8][None])
+        want.append(torch.nn.functional.cross_entropy(logits[0], ids[a + 1 : a + 9], reduction="sum").item())
+    assert windowed_loss(model, ids, 8, batch=4) == pytest.approx(sum(want) / 48, rel=1e-6)
+    carried, _ = forward(ids[:-1][None])  # the same tokens with the state carried score otherwise
+    assert torch.nn.functional.cross_entropy(carried[0, :48], ids[1:49]).item() != pytest.approx(sum(want) / 48, rel=1e-6)
+    with pytest.raises(Exception, match="fewer than one window of full_len"):
+        windowed_loss(model, ids[:8], 8)
 
 
 @pytest.fixture
