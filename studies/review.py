@@ -272,6 +272,26 @@ def chung_section(reports: Path) -> list[str]:
         "Best trial against the paper: " + "; ".join(rows) + ". The bar (best LSTM and GRU <= 8.67) is "
         + ("met." if met else "not met.") + params_line(reports) + " Parameter counts per trial: `reports/variants_full/trials_jsb.md`.",
         "",
+        *chung_params_lines(reports),
+    ]
+
+
+def chung_params_lines(reports: Path) -> list[str]:
+    """The same search at equal parameters (stage variants_chung), if it was run."""
+    f = reports / "variants_chung/result.json"
+    if not f.is_file():
+        return []
+    best = _json(f)["best"].get("jsb", {})
+    rows = "; ".join(f"{CHUNG[v][0]} ({v}): best {best[v]:.3f} vs {CHUNG[v][1]:.2f}" for v in CHUNG if v in best)
+    return [
+        "At equal parameters, as Chung et al. compared them (stage `variants_chung`): the same draws, each"
+        " cell's width matched at every draw to the parameter count of V at the drawn width:",
+        "",
+        _md(reports / "variants_chung/summary_jsb.md"),
+        "",
+        f"Best trial against the paper: {rows}. {_md(reports / 'variants_chung/reading.md')}"
+        " Widths and parameter counts per trial: `reports/variants_chung/trials_jsb.md`.",
+        "",
     ]
 
 

@@ -33,9 +33,12 @@ What the numbers do and do not show:
   output layer); text, the recurrent layer only (its input is an embedding of width H
   whatever the vocabulary; the embedding and the softmax layer, 2 V H + V more for V
   symbols, are left out).
-- All cells share the hidden sizes, so at equal width an LSTM (4 weight blocks) has more
-  parameters than a GRU (3) and a plain RNN (1): comparisons between cells are at equal
-  width, not at equal parameter count (the summary's `params (median)` column).
+- With `width: equal` (the default) all cells share the hidden sizes, so an LSTM (4 weight
+  blocks) has more parameters than a GRU (3) and a plain RNN (1): comparisons between cells
+  are at equal width, not at equal parameter count (the summary's `params (median)` column).
+  `width: params` gives each variant, at each draw, the width whose parameter count (as
+  `params` counts it for the task) is nearest to V's at the drawn width, as Chung et al.
+  2014 compared cells at about equal parameters (stage `variants_chung`).
 
 Trials run in parallel processes (one CPU thread each). Each trial is an MLflow run in the
 experiment `study-variants-<task>` tagged with its variant and this invocation's id; the
@@ -63,6 +66,7 @@ from studies.common import REPORTS, above_zero, at_least, distinct, ordered, pyp
 
 GREFF = {"V": "lstm-v", "NIG": "lstm-nig", "NFG": "lstm-nfg", "NOG": "lstm-nog", "NIAF": "lstm-niaf", "NOAF": "lstm-noaf",
          "NP": "lstm-np", "CIFG": "lstm-cifg", "FGR": "lstm-fgr", "GRU": "gru", "RNN": "rnn", "LSTM (lecture)": "lstm"}
+WIDTHS = ("equal", "params")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class VariantsParams:
     text_seq_len: int = 64
     workers: int = 0  # 0: one per CPU core
     seed: int = 0
+    width: str = "equal"  # equal: every variant the drawn hidden size; params: the size nearest to V's parameter count there
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
@@ -103,6 +108,8 @@ class VariantsParams:
         ordered(self, path, "lr_min", "lr_max")
         ordered(self, path, "hidden_min", "hidden_max")
         at_least(self, path, ("workers",), low=0)  # 0: one per CPU core
+        if self.width not in WIDTHS:
+            raise UserError(f"{PARAMS}: {path}.width: unknown {self.width!r}; choose {' or '.join(WIDTHS)}")
 
 
 def trial_settings(hp: VariantsParams) -> list[dict]:
@@ -114,6 +121,46 @@ def trial_settings(hp: VariantsParams) -> list[dict]:
         for i in range(hp.trials)
     ]
     return [{"variant": v, "cell": GREFF[v], **d} for v in hp.variants for d in draws]
+
+
+def matched_hidden(count, cell: str, target: int) -> int:
+    """The width H of `cell` whose parameter count count(cell, H) is nearest to `target`
+    (ties: the smaller H). count grows with H, so a doubling then a bisection finds it."""
+    hi = 1
+    while count(cell, hi) < target:
+        hi *= 2
+    lo = hi // 2 + 1 if hi > 1 else 1
+    while lo < hi:  # the smallest H in (hi/2, hi] with count >= target
+        mid = (lo + hi) // 2
+        if count(cell, mid) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return min((h for h in (hi - 1, hi) if h >= 1), key=lambda h: (abs(count(cell, h) - target), h))
+
+
+def param_counter(task: str):
+    """count(cell, hidden) -> the task's `params` for that cell and width (see the module docstring)."""
+    if task == "jsb":
+        from studies.music import n_params
+
+        return n_params
+    return lambda cell, hidden: text_params(cell, hidden, 2)  # the recurrent layer: the vocabulary does not count
+
+
+def sized(trials: list[dict], hp: VariantsParams, task: str) -> list[dict]:
+    """The trials with the widths `hp.width` asks for: the drawn one (equal), or per variant the one
+    nearest to V's parameter count at the drawn width (params; `hidden_drawn` keeps the draw)."""
+    if hp.width == "equal":
+        return trials
+    count, cache = param_counter(task), {}
+
+    def cached(cell, h):
+        if (cell, h) not in cache:
+            cache[cell, h] = count(cell, h)
+        return cache[cell, h]
+
+    return [{**t, "hidden": matched_hidden(cached, t["cell"], cached(GREFF["V"], t["hidden"])), "hidden_drawn": t["hidden"]} for t in trials]
 
 
 def _jsb_trial(t: dict, hp: dict, data_dir: str) -> dict:
@@ -184,7 +231,7 @@ def task_data(hp: VariantsParams, task: str, data_root: Path) -> Path:
 def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root: Path) -> list[dict]:
     spec = TASKS[task]
     data_dir = task_data(hp, task, data_root)
-    trials = trial_settings(hp)
+    trials = sized(trial_settings(hp), hp, task)
     workers = hp.workers or os.cpu_count() or 1
     uri = None
     if params.tracking.enabled:
@@ -203,7 +250,7 @@ def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root
                 from pipeline import tracking
 
                 run_id = tracking.start_run(uri, f"study-variants-{task}", f"{r['variant']}-{r['trial']}",
-                                            {k: str(r[k]) for k in ("variant", "cell", "lr", "hidden", "trial", "seed")},
+                                            {k: str(r[k]) for k in ("variant", "cell", "lr", "hidden", "hidden_drawn", "trial", "seed") if k in r},
                                             {"variant": r["variant"], "task": task, "invocation": invocation, "study": "variants"},
                                             source="studies.variants")
                 tracking.log_artifacts(uri, run_id, [], {"test_score": r["test_score"], "val_score": r["val_score"],
@@ -222,11 +269,14 @@ def read_back(params, task: str, invocation: str, fallback: list[dict]) -> pd.Da
 
     with tracking.fluent_uri(tracking.tracking_uri(params)):
         df = mlflow.search_runs(experiment_names=[f"study-variants-{task}"], filter_string=f"tags.invocation = '{invocation}'")
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "variant": df["tags.variant"], "trial": df["params.trial"].astype(int), "lr": df["params.lr"].astype(float),
         "hidden": df["params.hidden"].astype(int),
         "test_score": df["metrics.test_score"], "val_score": df["metrics.val_score"], "params": df["metrics.params_count"].astype(int),
     })
+    if "params.hidden_drawn" in df:  # width: params
+        out.insert(4, "hidden_drawn", df["params.hidden_drawn"].astype(int))
+    return out
 
 
 PAIR = ["trial"]  # a trial's draw, (lr, hidden), is the same for every variant (trial_settings); two draws may coincide
@@ -308,7 +358,7 @@ def bigram_nats(data_dir: Path) -> float:
 
 
 def reading(task: str, summary: pd.DataFrame, metric: str, baseline: float | None = None, steps: int | None = None,
-            order: list[str] | None = None) -> str:
+            order: list[str] | None = None, width: str = "equal") -> str:
     """A paragraph from the numbers: which variants hurt significantly, which do not."""
     s = summary.set_index("variant")
     if "V" not in s.index:
@@ -351,7 +401,10 @@ def reading(task: str, summary: pd.DataFrame, metric: str, baseline: float | Non
         parts.append("Greff et al. found NOAF and NFG the most harmful and CIFG/NP harmless; compare with the list above.")
     elif {"GRU", "RNN"} & set(s.index):
         parts.append("Chung et al. 2014 report, on JSB: GRU 8.54, LSTM 8.67, tanh RNN 9.10 (docs/review.md compares)."
-                     " The cells share the hidden sizes, so this compares them at equal width, not at equal parameters:"
+                     + ("" if width == "params" else " The cells share the hidden sizes, so this compares them at equal width, not at"
+                        " equal parameters: median parameters " + ", ".join(f"{v} {s.loc[v, 'params (median)']:,.0f}" for v in s.index) + "."))
+    if width == "params":
+        parts.append("Each cell's width is matched to V's parameter count at every draw, as Chung et al. compared cells:"
                      " median parameters " + ", ".join(f"{v} {s.loc[v, 'params (median)']:,.0f}" for v in s.index) + ".")
     return " ".join(parts)
 
@@ -389,10 +442,11 @@ def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("da
         summaries[task] = summ
         if task == "text":
             baselines[task] = bigram_nats(data_root / hp.text_corpus)
-            paragraphs.append(reading(task, summ, TASKS[task]["metric"], baselines[task], steps, order))
+            paragraphs.append(reading(task, summ, TASKS[task]["metric"], baselines[task], steps, order, hp.width))
         else:
-            paragraphs.append(reading(task, summ, TASKS[task]["metric"], order=order))
+            paragraphs.append(reading(task, summ, TASKS[task]["metric"], order=order, width=hp.width))
     result = {"invocation": invocation, "reading": paragraphs, "bigram_nats_per_char": baselines,
+              **({"width": hp.width} if hp.width != "equal" else {}),
               **({"text_steps": steps} if "text" in hp.tasks else {}),
               "best": {t: s.set_index("variant")["best"].to_dict() for t, s in summaries.items()}}
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that

@@ -139,6 +139,21 @@ def jsb_dir(tmp_path):
     return tmp_path / "onehot"
 
 
+def test_variants_study_at_equal_parameters(tmp_path, jsb_dir):
+    """width: params: the RNN runs wider than V's draw, at about V's parameter count; the trials table keeps the draw."""
+    from studies import variants
+
+    p = params_for(tmp_path, **{"studies.variants.variants": ["V", "RNN"], "studies.variants.trials": 2, "studies.variants.tasks": ["jsb"],
+                                "studies.variants.jsb_max_epochs": 1, "studies.variants.jsb_patience": 1, "studies.variants.workers": 2,
+                                "studies.variants.width": "params"})
+    r = variants.run(p, tmp_path / "var", data_root=jsb_dir)
+    t = pd.read_csv(tmp_path / "var/trials_jsb.csv").sort_values(["trial", "variant"])
+    v, rnn = t[t.variant == "V"].set_index("trial"), t[t.variant == "RNN"].set_index("trial")
+    assert (v.hidden == v.hidden_drawn).all() and (rnn.hidden_drawn == v.hidden).all() and (rnn.hidden > 2 * v.hidden).all()
+    assert ((rnn.params - v.params).abs() / v.params < 0.05).all()
+    assert r["width"] == "params" and "matched to V's parameter count" in r["reading"][0]
+
+
 def test_variants_study_tiny(tmp_path, jsb_dir):
     from studies import variants
 

@@ -29,6 +29,8 @@ BAD = [
     ("variants", "studies.variants.workers=-1", "studies.variants.workers: must be >= 0"),
     ("variants", "studies.variants.tasks=[]", "studies.variants.tasks: empty"),
     ("variants", "studies.variants.variants=[V,GRU,GRU]", "studies.variants.variants: ['GRU'] listed twice"),
+    ("variants", "studies.variants.width=param", "studies.variants.width: unknown 'param'; choose equal or params"),
+    ("bptt", "studies.bptt.val_points=0", "studies.bptt.val_points: must be >= 1"),
 ]
 
 

@@ -121,3 +121,29 @@ def test_a_v_that_diverged_everywhere_is_one_line():
     s = summarize(_trials({"V": [float("nan")] * 3, "NIG": [1.0, 2.0, 3.0]}), ["V", "NIG"])
     with pytest.raises(UserError, match="every trial of V on jsb diverged.*lower studies.variants.lr_max"):
         reading("jsb", s, "NLL", order=["V", "NIG"])
+
+
+def test_equal_parameter_widths_are_the_nearest_count_to_vs():
+    """width: params: each cell gets the width whose parameter count is nearest to V's at the draw."""
+    from studies.variants import GREFF, VariantsParams, matched_hidden, param_counter, sized, trial_settings
+
+    for task in ("jsb", "text"):
+        count = param_counter(task)
+        for h in (1, 7, 24, 36, 64):
+            target = count("lstm-v", h)
+            assert matched_hidden(count, "lstm-v", target) == h
+            for cell in ("gru", "rnn", "lstm-fgr", "lstm-cifg"):
+                m = matched_hidden(count, cell, target)
+                assert all(abs(count(cell, m) - target) <= abs(count(cell, k) - target) for k in range(max(1, m - 3), m + 4))
+        assert matched_hidden(count, "rnn", count("lstm-v", 36)) > 36 > matched_hidden(count, "lstm-fgr", count("lstm-v", 36))
+    hp = VariantsParams(variants=("V", "GRU", "RNN"), trials=3)
+    same = trial_settings(hp)
+    assert sized(same, hp, "jsb") == same  # width: equal, the default
+    matched = sized(same, VariantsParams(variants=("V", "GRU", "RNN"), trials=3, width="params"), "jsb")
+    for a, b in zip(same, matched):  # the pairing (trial, lr, seed) is kept; only the widths move
+        assert {k: a[k] for k in ("variant", "trial", "lr", "seed")} == {k: b[k] for k in ("variant", "trial", "lr", "seed")}
+        assert b["hidden_drawn"] == a["hidden"] and (b["hidden"] == a["hidden"]) == (b["variant"] == "V")
+    count = param_counter("jsb")
+    for b in matched:
+        v = count(GREFF["V"], b["hidden_drawn"])
+        assert abs(count(b["cell"], b["hidden"]) - v) / v < 0.05
