@@ -9,12 +9,16 @@ of training characters for every regime:
   back-propagate through the last K2 (the grid of `k1_eq_k2`, plus the `k1_lt_k2` pairs).
 
 Equal characters are not equal updates: a regime takes budget / (B * K1) optimizer steps,
-full BPTT (K1 = 256) 16 times fewer than TBPTT(16,16). So every regime is validated at the
-same step interval (full BPTT's steps / `val_points`) and the report reads the curves three
-ways:
-- at equal characters (the end of the budget): `tradeoff.md`;
-- at equal updates (the last validation step every regime reached): `updates.md`;
-- against characters, updates and seconds: `curves.png`.
+full BPTT (K1 = 256) 16 times fewer than TBPTT(16,16). So the report compares the regimes
+two ways, each a run of its own with its own schedule (linear warmup over min(50, S / 10)
+steps, then the cosine over all S steps):
+- at equal characters, the budget: `tradeoff.md`;
+- at equal updates, S = full BPTT's steps for every regime (fewer characters for small K1):
+  `updates.md`.
+The budget runs are validated every S / `val_points` steps, and `curves.png` plots those
+validations against updates, characters and seconds. Mid-run points of a curve are not an
+equal-updates comparison: each run's learning rate is still at another point of its own
+schedule there; that is why the equal-updates runs are separate.
 The seconds are those of the training steps only (forward, backward, optimizer step, summed
 between Lightning's batch-start and batch-end hooks): setup, validation and checkpoint
 writes are left out.
@@ -132,42 +136,46 @@ def full_steps(hp: BpttParams) -> int:
     return max(1, hp.budget_chars // (hp.batch_size * hp.full_len))
 
 
-def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> dict:
-    """Train one regime for the character budget in `tmp`, score it on val, log it; its table row and curve."""
-    from lightning_modules.checkpoint import load_checkpoint
-    from lightning_modules.data import load_split
+def _train(params, hp, r: dict, data_dir: Path, tmp: Path, steps: int, val_every: int) -> tuple[Curve, float]:
+    """Train regime `r` for `steps` optimizer steps in `tmp` (warmup min(50, steps / 10), then the
+    cosine over `steps`), validating every `val_every`; its curve and the seconds of the whole fit."""
     from lightning_modules.train import fit
 
-    per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
-    steps = max(1, hp.budget_chars // per_step)
-    val_every = max(1, full_steps(hp) // hp.val_points)
     cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
                seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=val_every, warmup_steps=min(50, steps // 10),
                progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
-    curve = Curve(per_step)
+    curve = Curve(hp.batch_size * r["k1"])
     t = time.perf_counter()
     fit(cfg, data_dir, tmp, callbacks=[curve])
-    secs = time.perf_counter() - t
-    model, _, _ = load_checkpoint(tmp / "last.ckpt", map_location="cpu")
+    return curve, time.perf_counter() - t
+
+
+def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> tuple[dict, dict]:
+    """Train one regime for the character budget and again for full BPTT's number of updates,
+    score both on val, log them; its table row (with its curve) and its equal-updates row."""
+    from lightning_modules.checkpoint import load_checkpoint
+    from lightning_modules.data import load_split
+
+    per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
+    steps, same = max(1, hp.budget_chars // per_step), full_steps(hp)
+    curve, secs = _train(params, hp, r, data_dir, tmp / "budget", steps, max(1, same // hp.val_points))
+    model, _, _ = load_checkpoint(tmp / "budget" / "last.ckpt", map_location="cpu")
     windows = windowed_loss(model.eval(), load_split(data_dir, "val"), hp.full_len)
     end = curve.points[-1]
     chars = steps * per_step
     row = {**r, "steps": steps, "train_chars": chars, "train_s": round(end["train_s"], 1),
            "s_per_1M_chars": round(end["train_s"] / chars * 1e6, 2), "val_loss": end["val_loss"], "val_loss_windows": round(windows, 4)}
+    # equal updates: the same steps, warmup and schedule for every regime (full BPTT's budget run is that run)
+    upd = end if steps == same else _train(params, hp, r, data_dir, tmp / "updates", same, same)[0].points[-1]
+    upd_row = {"regime": r["regime"], "k1": r["k1"], "k2": r["k2"], "steps": same, "train_chars": same * per_step,
+               "train_s": round(upd["train_s"], 1), "val_loss": upd["val_loss"]}
     print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f}"
-          f" (windows {row['val_loss_windows']:.4f}; {len(curve.points)} validations, {secs:.0f} s in all)", flush=True)
-    log_study(params, "bptt", r["regime"], {**vars(hp), **cfg},
-              {"val_loss": row["val_loss"], "val_loss_windows": windows, "s_per_1M_chars": row["s_per_1M_chars"]}, [])
-    return {**row, "curve": curve.points}
-
-
-def at_equal_updates(rows: list[dict]) -> tuple[int, list[dict]]:
-    """The last validation step every regime reached, and each regime's point there."""
-    common = set.intersection(*({p["step"] for p in r["curve"]} for r in rows))
-    if not common:
-        raise UserError("the regimes share no validation step; raise studies.bptt.val_points or budget_chars")
-    step = max(common)
-    return step, [{"regime": r["regime"], "k1": r["k1"], "k2": r["k2"], **next(p for p in r["curve"] if p["step"] == step)} for r in rows]
+          f" (windows {row['val_loss_windows']:.4f}; {len(curve.points)} validations, {secs:.0f} s in all);"
+          f" {same} steps: val_loss {upd_row['val_loss']:.4f}", flush=True)
+    log_study(params, "bptt", r["regime"], {**vars(hp), "k1": r["k1"], "k2": r["k2"], "steps": steps},
+              {"val_loss": row["val_loss"], "val_loss_windows": windows, "s_per_1M_chars": row["s_per_1M_chars"],
+               "val_loss_equal_updates": upd_row["val_loss"]}, [])
+    return {**row, "curve": curve.points}, upd_row
 
 
 def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> None:
@@ -204,22 +212,23 @@ def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/o
         raise UserError(f"{data_dir}/meta.json: not found; run `dvc repro onehot@{hp.corpus}` first")
     import tempfile
 
-    rows = []
+    rows, same = [], []
     for r in plan:
         tmp = Path(tempfile.mkdtemp(prefix="bptt-"))
         try:
-            rows.append(_regime(params, hp, r, data_dir, tmp))
+            row, upd = _regime(params, hp, r, data_dir, tmp)
+            rows.append(row)
+            same.append(upd)
         finally:  # a failed or interrupted regime leaves no checkpoint folder behind
             shutil.rmtree(tmp, ignore_errors=True)
     table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("bptt", "curve")} for r in rows])
-    step, same = at_equal_updates(rows)
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
     # fails half-way leaves the last complete report, not some of its files
     with atomic_dir(out_dir) as out:
         write_table(table, out, "tradeoff")
         write_table(pd.DataFrame(same), out, "updates")
         _plots(out, hp, table, rows)
-        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars, "equal_updates": {"step": step, "rows": same}})
+        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars, "equal_updates": {"step": full_steps(hp), "rows": same}})
     log_study(params, "bptt", "report", hp, {}, [out_dir / f for f in ("tradeoff.md", "tradeoff.csv", "updates.md", "updates.csv", "tradeoff.png", "curves.png", "result.json")])
     return {"rows": rows}
 

@@ -69,11 +69,11 @@ def render(reports: Path = REPORTS) -> str:
         "",
         "![cost against quality](../reports/bptt/tradeoff.png)",
         "",
-        "The same runs at equal updates:",
+        "The same regimes at equal updates:",
         "",
         _md(reports / "bptt/updates.md"),
         "",
-        "![the same validations against updates, characters and seconds](../reports/bptt/curves.png)",
+        "![the budget runs' validations against updates, characters and seconds](../reports/bptt/curves.png)",
         "",
         *tasks_lines(reports),
         "## 2. What are the parts of an LSTM neuron?",
@@ -170,11 +170,13 @@ def bptt_line(b: dict) -> str:
     return (f"Equal characters are not equal updates: the optimizer steps are {steps}. At the end of the budget"
             f" (equal characters) {best_chars['regime']} scores best, {best_chars['val_loss']:.3f}"
             + (f"; like for like (same K1, so the same updates and characters, one seed): {pair}" if pair else "")
-            + f". At equal updates ({eq['step']:,} steps, the last validation every regime reached; `updates.md`), best first: {ranked}."
+            + f". At equal updates (runs of {eq['step']:,} steps each, with the same warmup and schedule; `updates.md`),"
+            f" best first: {ranked}."
             f" Scored on windows of its own T from a zero state, full BPTT gets {full['val_loss_windows']:.3f}"
             f" (state carried: {full['val_loss']:.3f}); the best regime on those windows is {best_win['regime']},"
             f" {best_win['val_loss_windows']:.3f}. The seconds are those of the training steps alone (setup, validation"
-            " and checkpoint writes left out); `curves.png` reads the same validations against updates, characters and seconds.")
+            " and checkpoint writes left out); `curves.png` plots the budget runs' validations against updates, characters"
+            " and seconds.")
 
 
 def text_line(var: dict) -> str:

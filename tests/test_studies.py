@@ -86,8 +86,11 @@ def test_bptt_study_tiny(tmp_path):
         assert steps[:4] == [5, 10, 15, 20] and steps[-1] == r["steps"] and r["curve"][-1]["val_loss"] == r["val_loss"]
         assert [p["chars"] for p in r["curve"]] == [s * 8 * r["k1"] for s in steps]
         assert all(a["train_s"] < b["train_s"] for a, b in zip(r["curve"], r["curve"][1:]))
-    u = pd.read_csv(tmp_path / "b/updates.csv")
-    assert res["equal_updates"]["step"] == 20 and list(u.regime) == list(t.regime) and (u.step == 20).all()
+    u = pd.read_csv(tmp_path / "b/updates.csv")  # equal updates: runs of full BPTT's 23 steps
+    assert res["equal_updates"]["step"] == 23 and list(u.regime) == list(t.regime) and (u.steps == 23).all()
+    assert list(u.train_chars) == [23 * 8 * k for k in (32, 8, 16, 8)] and u.val_loss.between(0, math.log(40)).all()
+    assert u.val_loss[0] == t.val_loss[0]  # full BPTT's budget run is its equal-updates run
+    assert (u.val_loss[1:] != t.val_loss[1:]).all()  # the others train fewer steps on a schedule of their own
     assert (tmp_path / "b/curves.png").stat().st_size > 0 and (tmp_path / "b/updates.md").is_file()
     bad = params_for(tmp_path, **{"studies.bptt.k1_lt_k2": ["64:32"]})
     with pytest.raises(Exception, match="0 < K1 <= K2"):
