@@ -11,19 +11,16 @@ histogram and `bytes.translate`.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import multiprocessing
 import os
-import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npformat
 
 from pipeline.errors import UserError
+from pipeline.pools import stoppable_pool
 
 READ = 16 << 20  # bytes per read
 PIECE = 64 << 10  # bytes per vectorised piece
@@ -192,27 +189,6 @@ def _write_segment(path: Path, start: int, end: int, level: str, errors: str, lu
     return written
 
 
-def _worker_signals() -> None:
-    """Workers leave Ctrl-C to the parent (a worker stopped inside the pool's queue lock hangs
-    the pool) and die at once on SIGTERM, which the parent sends when it stops early."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextlib.contextmanager
-def _pool(n: int):
-    """A fork pool of `n` workers that does not outlive an interrupted or failed parent."""
-    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_worker_signals)
-    try:
-        yield pool
-    except BaseException:
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
 def _first_error(futures):
     """Results in order; the first segment's error wins (it has the smallest offset)."""
     results = []
@@ -238,7 +214,7 @@ def scan(path: Path, level: str, errors: str, workers: int | None = None):
         if len(segs) == 1:
             parts = [_scan_segment(path, *segs[0], level, errors)]
         else:
-            with _pool(len(segs)) as pool:
+            with stoppable_pool(len(segs)) as pool:
                 parts = _first_error([pool.submit(_scan_segment, path, a, b, level, errors) for a, b in segs])
     finally:
         hasher.join()
@@ -262,5 +238,5 @@ def write_ids(path: Path, level: str, errors: str, ids: np.ndarray, dtype, seg_t
     if len(jobs) == 1:
         _write_segment(*jobs[0])
     else:
-        with _pool(len(jobs)) as pool:
+        with stoppable_pool(len(jobs)) as pool:
             _first_error([pool.submit(_write_segment, *j) for j in jobs])

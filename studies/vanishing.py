@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import pandas as pd
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
+from pipeline.pools import stoppable_pool
 from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, n_params, test_adding, train_adding
 from studies.common import REPORTS, above_zero, at_least, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
@@ -94,8 +93,7 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     jobs = [(cell, hidden_for(cell, budget), T) for T in hp.lengths for cell in hp.cells]
     rows, models = [], {}
     workers = min(hp.workers or os.cpu_count() or 1, len(jobs))
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-    with pool or contextlib.nullcontext():
+    with stoppable_pool(workers, "spawn") if workers > 1 else contextlib.nullcontext() as pool:  # Ctrl-C ends the trainings too
         results = [pool.submit(_train_one, c, H, T, hp) for c, H, T in jobs] if pool else [_train_one(c, H, T, hp) for c, H, T in jobs]
         for (cell, H, T), res in zip(jobs, results):
             m, secs, state = res.result() if pool else res

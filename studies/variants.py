@@ -48,11 +48,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,6 +61,7 @@ import pandas as pd
 from pipeline.atomic import atomic_dir, write_text
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
+from pipeline.pools import stoppable_pool
 from studies.common import REPORTS, above_zero, at_least, distinct, ordered, pyplot, save_png, study_params, write_result, write_table
 
 GREFF = {"V": "lstm-v", "NIG": "lstm-nig", "NFG": "lstm-nfg", "NOG": "lstm-nog", "NIAF": "lstm-niaf", "NOAF": "lstm-noaf",
@@ -239,8 +239,7 @@ def run_trials(params, hp: VariantsParams, task: str, invocation: str, data_root
 
         uri = tracking.tracking_uri(params)
     results = []
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with stoppable_pool(workers, "spawn") as pool:  # Ctrl-C ends the running trials too
         futs = [pool.submit(spec["fn"], t, asdict(hp), str(data_dir)) for t in trials]
         for f in as_completed(futs):
             r = f.result()

@@ -16,14 +16,14 @@ from tests.conftest import ROOT, ctrl_c_default
 
 POOL = """
 import sys, time
-from pipeline import charscan
 from pipeline.errors import cli
+from pipeline.pools import stoppable_pool
 
 @cli
 def main(argv=None):
-    with charscan._pool(2) as pool:
+    with stoppable_pool(2, sys.argv[1]) as pool:
         futures = [pool.submit(time.sleep, 120) for _ in range(2)]
-        time.sleep(0.5)
+        time.sleep(0.5 if sys.argv[1] == "fork" else 3)  # spawned workers start a new interpreter first
         print(" ".join(map(str, pool._processes)), flush=True)
         for f in futures:
             f.result()
@@ -66,12 +66,14 @@ def gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])  # fork: the data stages' scans; spawn: the studies' trials
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_pool_workers_stop_with_the_stage(how):
+def test_pool_workers_stop_with_the_stage(how, method):
     """Ctrl-C reaches the whole process group; SIGTERM only the parent (a plain `kill`). Either
     way the stage exits with one line and its workers do not outlive it (they ignore Ctrl-C:
-    a worker stopped inside the pool's queue lock used to hang the stage)."""
-    p = start(POOL)
+    a worker stopped inside the pool's queue lock used to hang the stage), nor does the stage
+    wait for their running tasks (the studies' pools used to: minutes, for a trial)."""
+    p = start(POOL, method)
     pids = [int(x) for x in p.stdout.readline().split()]
     assert len(pids) == 2
     if how == "ctrl-c":
