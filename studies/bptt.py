@@ -182,7 +182,7 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for _, row in table.iterrows():
-        ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="tab:red" if row["regime"].startswith("full") else "tab:blue")
+        ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="black" if row["regime"].startswith("full") else "tab:blue")
         ax.annotate(row["regime"], (row["s_per_1M_chars"], row["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("training cost: seconds of training steps per million characters")
     ax.set_ylabel("val_loss after the budget (nats/char)")
@@ -191,7 +191,8 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
     save_png(fig, out / "tradeoff.png")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for r in rows:
-        style = dict(marker="o", ms=3, lw=1.5 if r["bptt"] == "full" else 1, color="tab:red" if r["bptt"] == "full" else None, label=r["regime"])
+        style = dict(marker="o", ms=3, lw=2 if r["bptt"] == "full" else 1, label=r["regime"],
+                     **({"color": "black"} if r["bptt"] == "full" else {}))  # the color cycle has a red of its own
         for ax, key in zip(axes, ("step", "chars", "train_s")):
             ax.plot([p[key] for p in r["curve"]], [p["val_loss"] for p in r["curve"]], **style)
     for ax, label in zip(axes, ("optimizer steps (updates)", "training characters", "seconds of training steps")):
@@ -200,7 +201,7 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val_loss (nats/char, state carried)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, the same validations read against updates, characters and seconds")
+    fig.suptitle(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, the budget runs' validations against updates, characters and seconds")
     save_png(fig, out / "curves.png")
 
 

@@ -108,6 +108,10 @@ def render(reports: Path = REPORTS) -> str:
     gru_line = "; ".join(f"{t}: GRU best {b.get('GRU', float('nan')):.3f} vs LSTM-V best {b.get('V', float('nan')):.3f}"
                          for t, b in best.items() if t != "text")  # text: early-training numbers (section 2)
     gru_line = (gru_line + " (at equal width: the GRU has about 3/4 of the LSTM's parameters)") if gru_line else "no JSB run"
+    chung = reports / "variants_chung/result.json"
+    if chung.is_file() and {"GRU", "V"} <= set(_json(chung)["best"].get("jsb", {})):
+        b = _json(chung)["best"]["jsb"]
+        gru_line += f"; at equal parameters (stage variants_chung), GRU best {b['GRU']:.3f} vs LSTM-V best {b['V']:.3f}"
     lines += [
         "## 3. How does a GRU differ from an LSTM?",
         "",

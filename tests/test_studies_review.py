@@ -24,8 +24,16 @@ def test_review_text_follows_the_committed_reports(tmp_path):
     assert "the gradient from the far end survives training (a far/near ratio of 0.01 or more) in gru and the task at T = 100 is solved by gru" in page
     assert "additive, so gradients survive" not in page
     # bptt: equal characters, not equal updates; the like-for-like pair
-    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page and "the val_loss falls as the number of updates rises" in page
-    assert "TBPTT(32,32) 1.720 against TBPTT(32,64) 1.707 (1,464 steps each)" in page and "Lightning's whole fit" in page
+    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page and "(equal characters) TBPTT(16,16) scores best, 1.665" in page
+    assert "TBPTT(32,32) 1.720 against TBPTT(32,64) 1.707 (1,464 steps each)" in page and "Lightning's whole fit" not in page
+    # equal updates: separate runs, one schedule; longer windows learn more per update, full BPTT most
+    assert "At equal updates (runs of 183 steps each, with the same warmup and schedule" in page
+    assert "best first: full BPTT (T=256) 2.149, TBPTT(128,128) 2.173, TBPTT(64,64) 2.204" in page
+    assert "full BPTT gets 2.153 (state carried: 2.149)" in page
+    # Chung at equal parameters beside the equal-width search
+    assert "At equal parameters, as Chung et al. compared them (stage `variants_chung`)" in page
+    assert "LSTM (V): best 8.514 vs 8.67; GRU (GRU): best 8.584 vs 8.54; tanh RNN (RNN): best 8.608 vs 9.10" in page
+    assert "at equal parameters (stage variants_chung), GRU best 8.584 vs LSTM-V best 8.514" in page
     # variants: the text task is early training and left out of the GRU-vs-LSTM line
     assert "early-training numbers (146 optimizer steps per trial)" in page and "text: GRU best" not in page
     # Chung: equal width, with the parameter counts of the committed trials
