@@ -6,7 +6,7 @@ DVC stage (studies/dvc.yaml), then the review page; tables and plots land in rep
 
 A Markdown artifact per study carries its main table into the Prefect UI; every study logs
 to its own MLflow experiment (study-<name>). The flow prepares no data: the studies that
-read a corpus (bptt, variants, variants_full_jsb, generators, tasks) need its stages run
+read a corpus (bptt, variants, variants_full_jsb, variants_chung, generators, tasks) need its stages run
 first (`dvc repro onehot@<corpus>`), and say so in one line otherwise.
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ SPECS = {
     "variants": ("variants", {}, "variants", "summary_jsb.md"),
     "variants_full_jsb": ("variants", {"studies.preset": "full", "studies.variants.tasks": ["jsb"],
                                        "studies.variants.variants": ["V", "GRU", "RNN"]}, "variants_full", "summary_jsb.md"),
+    "variants_chung": ("variants", {"studies.preset": "full", "studies.variants.tasks": ["jsb"], "studies.variants.variants": ["V", "GRU", "RNN"],
+                                    "studies.variants.width": "params"}, "variants_chung", "summary_jsb.md"),
     "generators": ("generators", {}, "generators", "models.md"),
     "captioning": ("captioning", {}, "captioning", "metrics.md"),
     "tasks": ("tasks", {}, "tasks", "forecast.md"),

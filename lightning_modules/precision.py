@@ -10,7 +10,7 @@ so that a run is deterministic on its CPU:
 - CPU: oneDNN's AMX kernels (x86 AMX tiles, not capped off by ONEDNN_MAX_CPU_ISA), or its
   AVX512-BF16 kernels on an AMD CPU. An Intel CPU with AVX512-BF16 and no AMX gets fp32:
   measured there, bf16 ran 0.665x fp32's characters/s for the 2x256 LSTM, and oneDNN's bf16
-  matmul (4096x256 by 256x1024) took 1.55x the fp32 one. Any other CPU gets fp32 too, where
+  matmul (4096x256 by 256x1024) took 1.55-1.89x the fp32 one (bench/bf16_cpu.py). Any other CPU gets fp32 too, where
   bf16 would only be emulated.
 """
 from __future__ import annotations

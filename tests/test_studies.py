@@ -78,7 +78,7 @@ def test_bptt_study_tiny(tmp_path):
     t = pd.read_csv(tmp_path / "b/tradeoff.csv")
     assert list(t.regime) == ["full BPTT (T=32)", "TBPTT(8,8)", "TBPTT(16,16)", "TBPTT(8,16)"]
     assert (t.train_chars <= 6000).all() and t.val_loss.between(0, math.log(40)).all()
-    assert t.val_loss_windows.between(0, math.log(40)).all() and (t.train_s > 0).all()
+    assert t.val_loss_windows.between(0, math.log(40)).all() and (t.s_per_1M_chars > 0).all()  # train_s rounds to 0.0 here
     # every regime validates at full BPTT's step interval: 6000 // (8 * 32) = 23 steps, val_points 4 -> every 5
     res = json.loads((tmp_path / "b/result.json").read_text())
     for r in res["rows"]:
