@@ -13,8 +13,8 @@ full BPTT (K1 = 256) 16 times fewer than TBPTT(16,16). So the report compares th
 two ways, each a run of its own with its own schedule (linear warmup over min(50, S / 10)
 steps, then the cosine over all S steps):
 - at equal characters, the budget: `tradeoff.md`;
-- at equal updates, S = full BPTT's steps for every regime (fewer characters for small K1):
-  `updates.md`.
+- at equal updates, S = full BPTT's steps for every regime (fewer characters for K1 below
+  full BPTT's T, more above it): `updates.md`.
 The budget runs are validated every S / `val_points` steps, and `curves.png` plots those
 validations against updates, characters and seconds. Mid-run points of a curve are not an
 equal-updates comparison: each run's learning rate is still at another point of its own
@@ -58,7 +58,7 @@ class BpttParams:
     k1_eq_k2: tuple[int, ...] = (16, 32, 64, 128)
     k1_lt_k2: tuple[str, ...] = ("32:64",)  # "K1:K2" pairs with K1 < K2
     seed: int = 1337
-    val_points: int = 4  # validations over full BPTT's steps; every regime validates at that step interval
+    val_points: int = 4  # the budget runs validate every full BPTT steps / val_points steps (curves.png)
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
@@ -67,6 +67,10 @@ class BpttParams:
         if bad:
             raise UserError(f"{PARAMS}: {path}.k1_eq_k2: every K must be >= 1, got {list(self.k1_eq_k2)}; remove {bad}")
         pairs(self, path)
+        n = full_steps(self)
+        if self.val_points > n:  # more would validate after every step of every regime
+            raise UserError(f"{PARAMS}: {path}.val_points: {self.val_points} is more than full BPTT's {n} steps for this budget;"
+                            f" set it to {n} or less, or raise budget_chars")
 
 
 def pairs(hp: BpttParams, path: str = "studies.bptt") -> list[tuple[int, int]]:
@@ -97,16 +101,23 @@ class Curve(Callback):
     """(step, characters, seconds of training steps, val_loss) at every validation.
 
     The seconds are summed between Lightning's batch-start and batch-end hooks (forward,
-    backward and the optimizer step): setup, validation and checkpoint writes are left out."""
+    backward and the optimizer step; on a GPU synchronised at both): setup, validation and
+    checkpoint writes are left out."""
 
     def __init__(self, chars_per_step: int):
         self.chars_per_step, self.points, self.seconds, self._t = chars_per_step, [], 0.0, None
 
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":  # the step's kernels have run, not only been queued
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = time.perf_counter()
+        self._t = self._now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seconds += time.perf_counter() - self._t
+        self.seconds += self._now(pl_module) - self._t
 
     def on_validation_end(self, trainer, pl_module):
         step = trainer.global_step
@@ -129,6 +140,9 @@ def windowed_loss(model: torch.nn.Module, ids: torch.Tensor, window: int, batch:
             logits, _ = model(x[a : a + batch])
             total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y[a : a + batch].reshape(-1), reduction="sum").item()
     return total / (n * window)
+
+
+EVAL_STREAMS = 16  # lightning_modules.train's eval_batch: the val split is read as 16 streams
 
 
 def full_steps(hp: BpttParams) -> int:
@@ -211,6 +225,12 @@ def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/o
     data_dir = data_root / hp.corpus
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"{data_dir}/meta.json: not found; run `dvc repro onehot@{hp.corpus}` first")
+    from lightning_modules.data import load_split
+
+    n_val, need = len(load_split(data_dir, "val")), max(hp.full_len, EVAL_STREAMS) + 1
+    if n_val < need:  # checked before any training: windowed_loss and the validation streams need them
+        raise UserError(f"{data_dir}/val.npy: {n_val} tokens, fewer than {need} (a window of full_len + 1 and"
+                        f" {EVAL_STREAMS} validation streams); lower studies.bptt.full_len or use a larger corpus")
     import tempfile
 
     rows, same = [], []

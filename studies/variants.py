@@ -404,7 +404,9 @@ def reading(task: str, summary: pd.DataFrame, metric: str, baseline: float | Non
                         " equal parameters: median parameters " + ", ".join(f"{v} {s.loc[v, 'params (median)']:,.0f}" for v in s.index) + "."))
     if width == "params":
         parts.append("Each cell's width is matched to V's parameter count at every draw, as Chung et al. compared cells:"
-                     " median parameters " + ", ".join(f"{v} {s.loc[v, 'params (median)']:,.0f}" for v in s.index) + ".")
+                     " median parameters " + ", ".join(f"{v} {s.loc[v, 'params (median)']:,.0f}" for v in s.index)
+                     + (" (the recurrent layer's: the embedding and the softmax layer, 2 V H + V for V symbols, grow with"
+                        " the width too, so a wider cell has more of those)." if task == "text" else "."))
     return " ".join(parts)
 
 

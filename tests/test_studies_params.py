@@ -31,6 +31,7 @@ BAD = [
     ("variants", "studies.variants.variants=[V,GRU,GRU]", "studies.variants.variants: ['GRU'] listed twice"),
     ("variants", "studies.variants.width=param", "studies.variants.width: unknown 'param'; choose equal or params"),
     ("bptt", "studies.bptt.val_points=0", "studies.bptt.val_points: must be >= 1"),
+    ("bptt", "studies.bptt.val_points=1000", "studies.bptt.val_points: 1000 is more than full BPTT's 183 steps for this budget"),
 ]
 
 
