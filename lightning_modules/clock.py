@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -36,6 +37,8 @@ class TrainClock(Callback):
         self._t0, self._in_val = time.perf_counter(), 0.0  # the sanity check's validation is not counted
 
     def on_validation_start(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":  # the training steps' queued kernels finish on the training clock
+            torch.cuda.synchronize(pl_module.device)
         self._v0 = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module):

@@ -53,16 +53,21 @@ def cpu_bf16_kernels(environ=None) -> str:
     return "none"
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...; Linux: /proc/cpuinfo), else ""."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of `key` in /proc/cpuinfo (Linux), else None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ""
+    return None
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...; Linux: /proc/cpuinfo), else ""."""
+    return _cpuinfo("vendor_id") or ""
 
 
 def cpu_auto_bf16(kernels: str, vendor: str) -> bool:
@@ -75,14 +80,7 @@ def cpu_model() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

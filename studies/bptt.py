@@ -19,9 +19,9 @@ The budget runs are validated every S / `val_points` steps, and `curves.png` plo
 validations against updates, characters and seconds. Mid-run points of a curve are not an
 equal-updates comparison: each run's learning rate is still at another point of its own
 schedule there; that is why the equal-updates runs are separate.
-The seconds are those of the training steps only (forward, backward, optimizer step, summed
-between Lightning's batch-start and batch-end hooks): setup, validation and checkpoint
-writes are left out.
+The seconds are the project's training clock (lightning_modules/clock.py), as the pipeline's
+curves and time budgets count them: from the start of training, setup and validation left
+out.
 
 Every model is scored twice on the whole val split: on long streams with the state carried
 (`val_loss`, as the pipeline scores), and on windows of `full_len` characters, each from a
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from lightning_modules.clock import TrainClock
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
@@ -97,33 +97,21 @@ def regimes(hp: BpttParams) -> list[dict]:
 
 
 
-class Curve(Callback):
-    """(step, characters, seconds of training steps, val_loss) at every validation.
-
-    The seconds are summed between Lightning's batch-start and batch-end hooks (forward,
-    backward and the optimizer step; on a GPU synchronised at both): setup, validation and
-    checkpoint writes are left out."""
+class Curve(TrainClock):
+    """(step, characters, seconds of training, val_loss) at every validation. The seconds are
+    the project's training clock (lightning_modules/clock.py: from the start of training,
+    validation left out), the one the pipeline's curves and time budgets count."""
 
     def __init__(self, chars_per_step: int):
-        self.chars_per_step, self.points, self.seconds, self._t = chars_per_step, [], 0.0, None
-
-    @staticmethod
-    def _now(pl_module) -> float:
-        if pl_module.device.type == "cuda":  # the step's kernels have run, not only been queued
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = self._now(pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seconds += self._now(pl_module) - self._t
+        super().__init__()
+        self.chars_per_step, self.points = chars_per_step, []
 
     def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module)
         step = trainer.global_step
         if trainer.sanity_checking or (self.points and self.points[-1]["step"] == step):
             return
-        self.points.append({"step": step, "chars": step * self.chars_per_step, "train_s": round(self.seconds, 3),
+        self.points.append({"step": step, "chars": step * self.chars_per_step, "train_s": round(self.train_seconds(), 3),
                             "val_loss": round(float(trainer.callback_metrics["val_loss"]), 4)})
 
 
@@ -198,7 +186,7 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
     for _, row in table.iterrows():
         ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="black" if row["regime"].startswith("full") else "tab:blue")
         ax.annotate(row["regime"], (row["s_per_1M_chars"], row["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel("training cost: seconds of training steps per million characters")
+    ax.set_xlabel("training cost: seconds of training per million characters")
     ax.set_ylabel("val_loss after the budget (nats/char)")
     ax.set_title(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, {hp.budget_chars:,} training characters each")
     ax.grid(alpha=0.3)
@@ -209,7 +197,7 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
                      **({"color": "black"} if r["bptt"] == "full" else {}))  # the color cycle has a red of its own
         for ax, key in zip(axes, ("step", "chars", "train_s")):
             ax.plot([p[key] for p in r["curve"]], [p["val_loss"] for p in r["curve"]], **style)
-    for ax, label in zip(axes, ("optimizer steps (updates)", "training characters", "seconds of training steps")):
+    for ax, label in zip(axes, ("optimizer steps (updates)", "training characters", "seconds of training")):
         ax.set_xlabel(label)
         ax.set_xscale("log")
         ax.grid(alpha=0.3)

@@ -109,8 +109,8 @@ def render(reports: Path = REPORTS) -> str:
                          for t, b in best.items() if t != "text")  # text: early-training numbers (section 2)
     gru_line = (gru_line + " (at equal width: the GRU has about 3/4 of the LSTM's parameters)") if gru_line else "no JSB run"
     chung = reports / "variants_chung/result.json"
-    if chung.is_file() and {"GRU", "V"} <= set(_json(chung)["best"].get("jsb", {})):
-        b = _json(chung)["best"]["jsb"]
+    b = _json(chung)["best"].get("jsb", {}) if chung.is_file() else {}
+    if {"GRU", "V"} <= set(b):
         gru_line += f"; at equal parameters (stage variants_chung), GRU best {b['GRU']:.3f} vs LSTM-V best {b['V']:.3f}"
     lines += [
         "## 3. How does a GRU differ from an LSTM?",
@@ -178,8 +178,8 @@ def bptt_line(b: dict) -> str:
             f" best first: {ranked}."
             f" Scored on windows of its own T from a zero state, full BPTT gets {full['val_loss_windows']:.3f}"
             f" (state carried: {full['val_loss']:.3f}); the best regime on those windows is {best_win['regime']},"
-            f" {best_win['val_loss_windows']:.3f}. The seconds are those of the training steps alone (setup, validation"
-            " and checkpoint writes left out); `curves.png` plots the budget runs' validations against updates, characters"
+            f" {best_win['val_loss_windows']:.3f}. The seconds are training time on the pipeline's clock (setup and"
+            " validation left out); `curves.png` plots the budget runs' validations against updates, characters"
             " and seconds.")
 
 

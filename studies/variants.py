@@ -47,6 +47,7 @@ report reads the runs back from MLflow (pandas) rather than keeping its own copy
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import time
@@ -153,13 +154,7 @@ def sized(trials: list[dict], hp: VariantsParams, task: str) -> list[dict]:
     nearest to V's parameter count at the drawn width (params; `hidden_drawn` keeps the draw)."""
     if hp.width == "equal":
         return trials
-    count, cache = param_counter(task), {}
-
-    def cached(cell, h):
-        if (cell, h) not in cache:
-            cache[cell, h] = count(cell, h)
-        return cache[cell, h]
-
+    cached = functools.lru_cache(maxsize=None)(param_counter(task))  # each count builds a model
     return [{**t, "hidden": matched_hidden(cached, t["cell"], cached(GREFF["V"], t["hidden"])), "hidden_drawn": t["hidden"]} for t in trials]
 
 
