@@ -92,6 +92,91 @@ def test_pool_workers_stop_with_the_stage(how, method):
         assert gone(pid), f"worker {pid} outlived the stage"
 
 
+EARLY = """
+import sys, time
+from pipeline.errors import cli
+from pipeline.pools import stoppable_pool
+
+if __name__ != "__main__":  # a spawned worker imports the parent's main file first: a study's imports torch
+    time.sleep(3)
+
+@cli
+def main(argv=None):
+    with stoppable_pool(2, "spawn") as pool:
+        futures = [pool.submit(time.sleep, 120) for _ in range(2)]
+        print(" ".join(map(str, pool._processes)), flush=True)
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            time.sleep(1.5)  # a busy parent: what the workers print of their own Ctrl-C has time to show
+            raise
+
+if __name__ == "__main__":
+    main()
+"""
+
+SCRATCH = """
+import sys, tempfile, time
+from pipeline.errors import cli
+from pipeline.pools import stoppable_pool
+
+@cli
+def main(argv=None):
+    with stoppable_pool(1, sys.argv[1]) as pool:
+        print(pool.submit(tempfile.mkdtemp, prefix="trial-").result(), flush=True)  # a trial's checkpoint folder
+        if sys.argv[2] == "stop":
+            pool.submit(time.sleep, 120).result()
+
+main()
+"""
+
+
+def test_ctrl_c_while_spawned_workers_start_prints_one_line(tmp_path):
+    """A Ctrl-C in the first seconds of a study, while its spawned workers still import their
+    modules (before they can ignore SIGINT), printed each worker's KeyboardInterrupt traceback
+    under the stage's one error line. They now start with SIGINT blocked, and drop it."""
+    script = tmp_path / "early.py"
+    script.write_text(textwrap.dedent(EARLY))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=ctrl_c_default)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2
+    os.killpg(p.pid, signal.SIGINT)  # the workers are in their 3 s import
+    try:
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    err = p.stderr.read()
+    assert rc == 130, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: interrupted"), err
+    for pid in pids:
+        assert gone(pid), f"worker {pid} outlived the stage"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("end", ["done", "stop"])
+def test_pool_workers_temporaries_go_with_the_pool(method, end):
+    """A worker's temporary files live in the pool's scratch folder, which the parent removes
+    when the pool ends: a trial terminated inside its `TemporaryDirectory` (Ctrl-C) leaves no
+    checkpoint folder behind in the system's temporary directory."""
+    p = start(SCRATCH, method, end)
+    made = Path(p.stdout.readline().strip())
+    assert made.name.startswith("trial-") and made.parent.name.startswith("pool-"), made
+    if end == "stop":
+        assert made.is_dir()
+        os.killpg(p.pid, signal.SIGINT)
+    try:
+        rc = p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert rc == (130 if end == "stop" else 0), p.stderr.read()
+    assert not made.exists() and not made.parent.exists()
+
+
 def test_sigterm_removes_the_temporary_and_keeps_the_last_output(tmp_path):
     final = tmp_path / "tokens"
     final.mkdir()
