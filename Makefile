@@ -38,11 +38,14 @@ bench: setup
 	$(PY) bench/sample_speed.py
 	$(PY) bench/overheads.py
 
-# the store the stages log to (MLFLOW_TRACKING_URI, else params.yaml's tracking.uri, else ./mlflow.db)
+# the store the stages log to (MLFLOW_TRACKING_URI, else params.yaml's tracking.uri, else ./mlflow.db);
+# the URI reaches the UI in its environment, not on its command line, where `ps` would show a password
+MLFLOW_PORT ?= 5000
 mlflow-ui: setup
 	@uri=$$($(PY) -m pipeline.tracking --full) && case "$$uri" in \
-	  http://*|https://*) echo "the runs are on the tracking server $$uri: open it in a browser";; \
-	  *) echo "store: $$($(PY) -m pipeline.tracking)"; mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000;; esac
+	  http://*|https://*) echo "the runs are on the tracking server $$($(PY) -m pipeline.tracking): open it in a browser";; \
+	  *) echo "store: $$($(PY) -m pipeline.tracking); open http://127.0.0.1:$(MLFLOW_PORT)"; \
+	     MLFLOW_BACKEND_STORE_URI="$$uri" exec mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT);; esac
 
 clean:
 	rm -rf data/raw data/tokens data/onehot models metrics samples
