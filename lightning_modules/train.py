@@ -10,8 +10,10 @@ Checkpoints: out_dir/best.ckpt (lowest val_loss) and out_dir/last.ckpt, written 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -33,6 +35,25 @@ DEFAULTS = dict(
     accelerator="auto", devices=1, strategy="auto", num_nodes=1, precision="32-true",
     progress_every=100, deterministic=False, matmul_precision="high",
 )
+
+
+class _NoAdvert(logging.Filter):
+    """Lightning 2.6 prints an advertisement for a cloud logger at the start of every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+_NO_ADVERT = _NoAdvert()
+
+
+def quiet_lightning() -> None:
+    """Keep a training's log to what a user can act on: drop Lightning's cloud-logger
+    advertisement and the deprecation warning its pytree code raises under torch >= 2.10
+    (Lightning's code, not ours; nothing here to change). Lightning's own lines (devices,
+    parameters, checkpoints) stay."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)  # once: addFilter skips a repeat
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class ProgressPrinter(Callback):
@@ -82,6 +103,7 @@ def make_datamodule(cfg: dict, data_dir: str | Path) -> TextDataModule:
 
 
 def make_trainer(cfg: dict, out_dir: str | Path | None, loggers=(), callbacks=(), max_steps: int | None = None) -> L.Trainer:
+    quiet_lightning()
     steps = max_steps or cfg["max_steps"]
     cbs = list(callbacks)
     cbs.append(ValidateAtTheEnd())

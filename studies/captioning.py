@@ -107,7 +107,9 @@ def train_one(hp: CaptioningParams, words: Words, train, val, use_image: bool, f
     import lightning as L
 
     from lightning_modules.caption_module import CaptionModule, loader
+    from lightning_modules.train import quiet_lightning
 
+    quiet_lightning()
     L.seed_everything(hp.seed, verbose=False)
     module = CaptionModule(len(words.itos), hp.image_size, hp.embed, hp.hidden, hp.layers, hp.cell,
                            use_image=use_image, feed=feed, lr=hp.lr, max_steps=hp.steps)
