@@ -4,7 +4,10 @@
     python bench/sample_speed.py --device cuda    # GPU, 3x512 LSTM (the lecture's)
 
 Baseline in the same run: every step through the model's own forward (one call of
-torch.nn.LSTM per token). Project: `sample_ids`'s default path. CPU: `FastStep` up to 32
+torch.nn.LSTM per token). On a CPU a second baseline runs that loop with oneDNN off
+(`torch.backends.mkldnn.flags(enabled=False)`): torch.nn.LSTM's oneDNN path sets up its
+primitive on every call, which at batch 1 costs most of a token's time, so the plain loop
+at its fastest is the one without it. Project: `sample_ids`'s default path. CPU: `FastStep` up to 32
 streams (cell equations on the fused weights, the first layer's input projection
 precomputed per token). GPU: `FastStep` in chunks of 32 tokens, each chunk one CUDA graph
 replay (`lightning_modules/sampling_graph.py`). A model keeps its captured graph for later
@@ -42,9 +45,10 @@ def seconds(model, n, length, fast, device):
     return time.perf_counter() - t
 
 
-def rate(model, n, length, fast, device):
-    sample_ids(model, [1, 2, 3], 5, n=n, seed=0, fast=fast)  # warm-up
-    return n * length / seconds(model, n, length, fast, device)
+def rate(model, n, length, fast, device, onednn=True):
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        sample_ids(model, [1, 2, 3], 5, n=n, seed=0, fast=fast)  # warm-up
+        return n * length / seconds(model, n, length, fast, device)
 
 
 def marginal_rate(model, length, device):
@@ -67,12 +71,16 @@ def main():
     res = {"device": torch.cuda.get_device_name(0) if a.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)", "model": f"{L}x{H} LSTM"}
     for n in (1, 256):
         length = a.length if n == 1 else max(50, a.length // 4)
-        base = fast = 0.0
-        for _ in range(2):  # alternate, best of each: warm caches for both
+        base = fast = plain = 0.0
+        for _ in range(2):  # alternate, best of each: warm caches for all
             base = max(base, rate(model, n, length, False, a.device))
             fast = max(fast, rate(model, n, length, True, a.device))
+            if a.device == "cpu":
+                plain = max(plain, rate(model, n, length, False, a.device, onednn=False))
         res[f"batch{n}"] = {"eager_chars_per_s": round(base), "fast_chars_per_s": round(fast), "ratio": round(fast / base, 2),
                             "same_path": n > FAST_MAX_STREAMS and a.device == "cpu"}
+        if plain:
+            res[f"batch{n}"].update(eager_no_onednn_chars_per_s=round(plain), ratio_no_onednn=round(fast / plain, 2))
     if a.device == "cuda":  # a first call: the graph captured inside the timed call
         first = []
         for _ in range(3):
@@ -89,6 +97,9 @@ def main():
         r = res[f"batch{n}"]
         note = f" (above {FAST_MAX_STREAMS} streams both use the fused kernel)" if r["same_path"] else ""
         print(f"| {n} stream{'s' if n > 1 else ''} | {r['eager_chars_per_s']:,} chars/s | {r['fast_chars_per_s']:,} chars/s | {r['ratio']}x{note} |")
+        if "eager_no_onednn_chars_per_s" in r:
+            print(f"| {n} stream{'s' if n > 1 else ''}, the eager loop with oneDNN off | {r['eager_no_onednn_chars_per_s']:,} chars/s | "
+                  f"{r['fast_chars_per_s']:,} chars/s | {r['ratio_no_onednn']}x |")
     if "first_call_chars_per_s" in res["batch1"]:
         print(f"| 1 stream, a first call (the graph's capture timed in) | | {res['batch1']['first_call_chars_per_s']:,} chars/s | |")
     print(f"| 1 stream, beyond a call's fixed costs (from {a.length} and {3 * a.length} tokens) | | "
