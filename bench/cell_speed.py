@@ -172,7 +172,7 @@ def main():
                  for label, _, _, _, _, bf16 in rows if label in best},
         "errors": errors,
     }
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"cell_speed_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"equation cells vs the fused LSTM (same precision), {res['shape']}, {res['device']}")

@@ -1,6 +1,6 @@
 """Benchmark: tokenize + onehot throughput and peak memory at 1 GB scale, and a no-op `dvc repro`.
 
-    python bench/data_stages.py [--gb 1.0] [--source data/raw/linux/corpus.txt]
+    python bench/data_stages.py [--gb 1.0] [--source data/raw/linux/corpus.txt] [--work DIR] [--no-dvc] [--keep]
 
 Builds a text of about 1 GB by repeating the Linux C subset (the download stage's
 output, or the mirror's archive), then times the tokenize and onehot stages on it, each
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
+OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
 
 
 RSS = (
@@ -36,8 +36,11 @@ RSS = (
 def timed_module(module: str, *args, cwd, env):
     """Run `python -m module args`; return (seconds, peak RSS in MB of any one of its processes)."""
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", RSS, module, *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", RSS, module, *args], cwd=cwd, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t
+    if p.returncode != 0:
+        why = [x for x in p.stderr.splitlines() if x.strip() and not x.startswith("RSS ")]
+        sys.exit(f"error: `python -m {module} {' '.join(args)}` failed in {cwd}: {why[-1] if why else p.returncode}")
     kb = int(p.stderr.rsplit("RSS ", 1)[1].split()[0])
     return dt, kb / 1024
 
@@ -64,18 +67,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--source", default="data/raw/linux/corpus.txt")
+    ap.add_argument("--work", default=str(OUT / "data_stages"), help="scratch folder (the big corpus and its stages' outputs)")
+    ap.add_argument("--no-dvc", action="store_true", help="skip the no-op `dvc repro` (it needs this project's data stages done)")
+    ap.add_argument("--keep", action="store_true", help="keep the stages' outputs (the corpus is always kept for the next run)")
     a = ap.parse_args()
     src = ROOT / a.source
     if not src.is_file():
         sys.exit(f"error: {src} not found; run `dvc repro download@linux` first (CORPUS_MIRROR=<folder> offline)")
-    work = OUT / "data_stages"
+    work = Path(a.work).resolve()
     (work / "data/raw/big").mkdir(parents=True, exist_ok=True)
     size = build_corpus(src, work / "data/raw/big/corpus.txt", int(a.gb * 1e9))
     params = (ROOT / "params.yaml").read_text()
     import yaml
 
     p = yaml.safe_load(params)
-    p["corpora"] = {"big": {"kind": "text", "url": "https://example.invalid/big.txt"}}
+    p["corpora"] = {**p["corpora"], "big": {"kind": "text", "url": "https://example.invalid/big.txt"}}  # the others stay: lm_corpora and the studies name them
     (work / "params.yaml").write_text(yaml.safe_dump(p))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     py = sys.executable
@@ -86,7 +92,7 @@ def main():
     meta = json.loads((work / "data/onehot/big/meta.json").read_text())
     dvc = str(Path(py).parent / "dvc")
     noop = []
-    if (ROOT / "dvc.lock").exists():
+    if (ROOT / "dvc.lock").exists() and not a.no_dvc:
         subprocess.run([dvc, "repro", "onehot@tinyshakespeare"], cwd=ROOT, check=True, capture_output=True)
         for _ in range(3):
             t = time.perf_counter()
@@ -106,7 +112,7 @@ def main():
         "peak_rss_mb": round(max(tok_rss, oh_rss)),
         "noop_dvc_repro_s": round(min(noop), 2) if noop else None,
     }
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "data_stages.json").write_text(json.dumps(res, indent=1))
     print("| measure | value |\n|---|---|")
     print(f"| corpus | {mb:,.0f} MB, {res['tokens']:,} tokens, vocab {res['vocab']} |")
@@ -114,8 +120,8 @@ def main():
     print(f"| tokenize | {tok_s:.2f} s, peak RSS {tok_rss:.0f} MB |")
     print(f"| onehot | {oh_s:.2f} s, peak RSS {oh_rss:.0f} MB |")
     print(f"| tokenize + onehot | {res['tokenize_onehot_mb_s']:,} MB/s ({res['ratio_to_cat']:.3f}x the speed of cat) |")
-    print(f"| no-op dvc repro onehot@tinyshakespeare | {res['noop_dvc_repro_s']} s (best of 3) |")
-    if "--keep" not in sys.argv:
+    print(f"| no-op dvc repro onehot@tinyshakespeare | " + (f"{res['noop_dvc_repro_s']} s (best of 3) |" if noop else "not run |"))
+    if not a.keep:
         shutil.rmtree(work / "data/tokens", ignore_errors=True)
         shutil.rmtree(work / "data/onehot", ignore_errors=True)
 

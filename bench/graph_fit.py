@@ -66,7 +66,7 @@ def main():
     off, on = res["runs"]["0"], res["runs"]["1"]
     res["speedup"] = round(on["chars_per_s"] / off["chars_per_s"], 3)
     res["val_loss_difference"] = round(on["val_loss"] - off["val_loss"], 5)
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"graph_fit_{a.device}.json").write_text(json.dumps(res, indent=1))
     shape = f"{cfg['layers']}x{cfg['hidden']} B{cfg['batch_size']} T{cfg['seq_len']}, {cfg['precision']}"

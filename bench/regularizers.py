@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -109,7 +110,7 @@ def main():
             res["runs"][name] = {**reg, "best_val_loss": round(best, 4), "best_step": best_step,
                                  "final_val_loss": round(curve.points[-1][1], 4), "train_s": round(r["train_seconds"], 1),
                                  "curve": [(s, round(v, 4)) for s, v in curve.points]}
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"regularizers_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"| {a.preset} preset, {n_train:,} train chars, {a.steps} steps ({res['passes_over_train']} passes), "

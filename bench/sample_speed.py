@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def main():
         res["batch1"]["first_call_chars_per_s"] = round(max(first))
     m = marginal_rate(model, a.length, a.device)
     res["batch1"]["marginal_chars_per_s"] = round(m) if m else None
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"sample_{a.device}.json").write_text(json.dumps(res, indent=1))
     print("| sampling, " + res["model"] + ", " + res["device"] + " | eager (model forward per token) | project (FastStep; GPU: + CUDA graph per 32 tokens) | ratio |\n|---|---|---|---|")

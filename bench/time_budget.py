@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def main():
            "decay_frac of the wsd run": a.decay_frac, "cut": cut, "budget": budget, "wsd": wsd,
            "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4),
            "val_loss_gain_wsd": round(cut["final_val_loss"] - wsd["final_val_loss"], 4)}
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"time_budget_{a.device}.json").write_text(json.dumps(res, indent=1))
     print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device}, {cfg['precision']} | steps | train s | lr at the stop | val_loss at the stop |")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import time
 import traceback
@@ -231,7 +232,7 @@ def main():
     if plain32:
         res["plain_fp32_chars_per_s"] = round(max(plain32))
         res["ratio_project_to_plain_fp32"] = round(max(project) / max(plain32), 3)
-    out = ROOT / "bench/out"
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"train_step_{a.device}{'_bf16' if bf16 and not gpu else ''}.json").write_text(json.dumps(res, indent=1))
     print("| measure | value |\n|---|---|")
