@@ -42,6 +42,18 @@ def start_id(vocab: Vocab) -> int:
 FAST_MAX_STREAMS = 32  # CPU: above this the fused kernel's batching wins (bench/sample_speed.py)
 
 
+def draw(probs: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One id per row of `probs` (B, V), the one `torch.multinomial(probs, 1, generator=g)`
+    draws, from the same generator stream: its algorithm for a single sample,
+
+        s = argmax_j p_j / q_j,   q_j ~ Exp(1)   (the Gumbel-max trick, exponentiated),
+
+    without its per-call checks of the distribution, which cost about as much as the draw at
+    batch 1 (`sample_ids` checks the logits once, at the end). `probs` is overwritten."""
+    q = torch.empty_like(probs).exponential_(1, generator=g)
+    return probs.div_(q).argmax(-1)
+
+
 class FastStep:
     """One recurrent step of a fused RNN/LSTM/GRU stack, for token ids, from plain tensors.
 
@@ -144,12 +156,19 @@ def sample_ids(
                 ids = sampler.run(length)
             model.train(was_training)
             return ids
-        step = FastStep(model)
+        fs = FastStep(model)
+        hs = list(state[0].unbind(0))  # per-layer states, replaced in these lists step by step
+        cs = list(state[1].unbind(0)) if fs.kind == "lstm" else None
+
+        def step(ids):
+            return fs.layers(ids, hs, cs)
     else:
-        def step(ids, st):
-            lg, st = model(ids[:, None], st)
-            return lg[:, 0], st
-    out = torch.empty(n, length, dtype=torch.long, device=device)
+        carried = [state]
+
+        def step(ids):
+            lg, carried[0] = model(ids[:, None], carried[0])
+            return lg[:, 0]
+    drawn = []
     for t in range(length):
         if argmax:
             nxt = last.argmax(-1)
@@ -158,12 +177,13 @@ def sample_ids(
             if 0 < top_k < scores.shape[-1]:
                 kth = scores.topk(top_k, -1).values[:, -1:]
                 scores = scores.masked_fill(scores < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=g).squeeze(1)
-        out[:, t] = nxt
-        logits, state = step(nxt, state)
-        last = logits.float()
+            nxt = draw(torch.softmax(scores, -1), g)
+        drawn.append(nxt)
+        last = step(nxt).float()
     model.train(was_training)
-    return out
+    if not bool(torch.isfinite(last).all()):  # a NaN or inf stays in the recurrent state to the last step
+        raise ValueError("the model's next-token scores are not finite (NaN or inf weights?); take another checkpoint or retrain")
+    return torch.stack(drawn, 1) if drawn else torch.empty(n, 0, dtype=torch.long, device=device)
 
 
 def generate(model: CharRNN, vocab: Vocab, prime: str = "", length: int = 500, **kw) -> list[str]:

@@ -10,10 +10,8 @@ Checkpoints: out_dir/best.ckpt (lowest val_loss) and out_dir/last.ckpt, written 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +22,7 @@ from lightning_modules.budget import TimeBudget
 from lightning_modules.data import TextDataModule
 from lightning_modules.module import CharLM
 from lightning_modules.precision import resolve_precision
+from lightning_modules.quiet import quiet_lightning
 
 MODEL = ("cell", "hidden", "layers", "dropout", "io_dropout", "weight_drop", "input", "fused")
 OPTIM = ("lr", "min_lr_frac", "warmup_steps", "decay_frac", "weight_decay", "betas", "clip", "max_steps", "bptt", "k1", "k2", "log_every")
@@ -35,25 +34,6 @@ DEFAULTS = dict(
     accelerator="auto", devices=1, strategy="auto", num_nodes=1, precision="32-true",
     progress_every=100, deterministic=False, matmul_precision="high",
 )
-
-
-class _NoAdvert(logging.Filter):
-    """Lightning 2.6 prints an advertisement for a cloud logger at the start of every run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
-
-
-_NO_ADVERT = _NoAdvert()
-
-
-def quiet_lightning() -> None:
-    """Keep a training's log to what a user can act on: drop Lightning's cloud-logger
-    advertisement and the deprecation warning its pytree code raises under torch >= 2.10
-    (Lightning's code, not ours; nothing here to change). Lightning's own lines (devices,
-    parameters, checkpoints) stay."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERT)  # once: addFilter skips a repeat
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class ProgressPrinter(Callback):

@@ -107,7 +107,7 @@ def train_one(hp: CaptioningParams, words: Words, train, val, use_image: bool, f
     import lightning as L
 
     from lightning_modules.caption_module import CaptionModule, loader
-    from lightning_modules.train import quiet_lightning
+    from lightning_modules.quiet import quiet_lightning
 
     quiet_lightning()
     L.seed_everything(hp.seed, verbose=False)

@@ -187,6 +187,44 @@ def test_fast_sampling_step_equals_the_model(cell):
         assert torch.equal(fast, slow)
 
 
+def test_draw_is_torch_multinomial():
+    """`draw` takes the id torch.multinomial(p, 1) takes, from the same generator stream, so
+    that dropping multinomial's per-call checks changed no sample the project has made."""
+    from lightning_modules.sampling import draw
+
+    torch.manual_seed(0)
+    for rows, V in ((1, 65), (7, 300)):
+        p = torch.softmax(3 * torch.randn(rows, V), -1)
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        for _ in range(200):
+            assert torch.equal(torch.multinomial(p, 1, generator=g1).squeeze(1), draw(p.clone(), g2))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_seeded_samples_are_the_same_on_both_paths(cell):
+    """The CPU's FastStep path and the model's own forward draw the same ids for a seed,
+    temperature, top-k and stream count alike (above 32 streams both take the forward)."""
+    torch.manual_seed(0)
+    m = CharRNN(30, cell, hidden=24, layers=2).eval()
+    for kw in (dict(temperature=0.7), dict(top_k=4), dict(n=5, temperature=1.3)):
+        fast = sample_ids(m, [1, 2, 3], 120, seed=11, **kw)
+        assert torch.equal(fast, sample_ids(m, [1, 2, 3], 120, seed=11, fast=False, **kw)), kw
+        assert fast.shape == (kw.get("n", 1), 120)
+    assert sample_ids(m, [1], 0, seed=0).shape == (1, 0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("argmax", [True, False])
+def test_sampling_a_broken_model_is_an_error(fast, argmax):
+    """NaN weights give NaN scores, which would draw garbage ids without a word: an error
+    instead (pipeline.sample turns it into one line)."""
+    m = CharRNN(20, "lstm", hidden=16, layers=1).eval()
+    with torch.no_grad():
+        m.rnn.rnn.weight_hh_l0[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        sample_ids(m, [1, 2], 30, seed=0, fast=fast, argmax=argmax)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_chunked_sampling_argmax_equals_the_model(cell):
     """The chunk body (what a GPU replays as a CUDA graph) runs eagerly on the CPU: with
