@@ -126,7 +126,7 @@ def sample_ids(
 
     fast=False runs every step through the model's own forward (the reference path).
     chunk: tokens per `ChunkSampler` call (Gumbel-max, one CUDA graph per chunk on a GPU);
-    None: chunks of `sampling_graph.CHUNK` on a GPU, token by token (torch.multinomial) on a CPU."""
+    None: chunks of `sampling_graph.CHUNK` on a GPU, token by token (`draw`, as torch.multinomial) on a CPU."""
     check_temperature(temperature, argmax)
     if not prime:
         raise ValueError("the prime must hold at least one token")

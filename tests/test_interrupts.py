@@ -48,13 +48,29 @@ main()
 """
 
 
-def start(code: str, *args, cwd=ROOT):
+def start(code: str, *args, cwd=ROOT, script: Path | None = None):
+    """Run `code` (written to `script` first if given: a spawned worker then imports it) in a
+    new process group, with SIGINT at its default as under a terminal."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if script is not None:
+        script.write_text(textwrap.dedent(code))
+    cmd = [str(script)] if script is not None else ["-c", textwrap.dedent(code)]
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        [sys.executable, *cmd, *map(str, args)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         preexec_fn=ctrl_c_default,
     )
+
+
+def stop_with(p, sig, group: bool = True) -> int:
+    """Send `sig` to p's process group (Ctrl-C at a terminal) or to p alone (a plain `kill`);
+    its exit status. The group is killed if p has not ended within 30 s."""
+    (os.killpg if group else os.kill)(p.pid, sig)
+    try:
+        return p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def gone(pid: int, within: float = 10.0) -> bool:
@@ -76,15 +92,7 @@ def test_pool_workers_stop_with_the_stage(how, method):
     p = start(POOL, method)
     pids = [int(x) for x in p.stdout.readline().split()]
     assert len(pids) == 2
-    if how == "ctrl-c":
-        os.killpg(p.pid, signal.SIGINT)
-    else:
-        os.kill(p.pid, signal.SIGTERM)
-    try:
-        rc = p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+    rc = stop_with(p, signal.SIGINT) if how == "ctrl-c" else stop_with(p, signal.SIGTERM, group=False)
     err = p.stderr.read()
     assert rc == (130 if how == "ctrl-c" else 143), err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "dvc checkout" in err, err
@@ -136,19 +144,10 @@ def test_ctrl_c_while_spawned_workers_start_prints_one_line(tmp_path):
     """A Ctrl-C in the first seconds of a study, while its spawned workers still import their
     modules (before they can ignore SIGINT), printed each worker's KeyboardInterrupt traceback
     under the stage's one error line. They now start with SIGINT blocked, and drop it."""
-    script = tmp_path / "early.py"
-    script.write_text(textwrap.dedent(EARLY))
-    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         preexec_fn=ctrl_c_default)
+    p = start(EARLY, script=tmp_path / "early.py")
     pids = [int(x) for x in p.stdout.readline().split()]
     assert len(pids) == 2
-    os.killpg(p.pid, signal.SIGINT)  # the workers are in their 3 s import
-    try:
-        rc = p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+    rc = stop_with(p, signal.SIGINT)  # the workers are in their 3 s import
     err = p.stderr.read()
     assert rc == 130, err
     assert len(err.splitlines()) == 1 and err.startswith("error: interrupted"), err
@@ -167,12 +166,9 @@ def test_pool_workers_temporaries_go_with_the_pool(method, end):
     assert made.name.startswith("trial-") and made.parent.name.startswith("pool-"), made
     if end == "stop":
         assert made.is_dir()
-        os.killpg(p.pid, signal.SIGINT)
-    try:
+        rc = stop_with(p, signal.SIGINT)
+    else:
         rc = p.wait(timeout=30)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
     assert rc == (130 if end == "stop" else 0), p.stderr.read()
     assert not made.exists() and not made.parent.exists()
 
