@@ -5,7 +5,7 @@
 # Offline: CORPUS_MIRROR=<folder with the corpus files> make run
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 CORPUS ?= tinyshakespeare
 

@@ -134,6 +134,8 @@ def sample_ids(
         raise ValueError(f"need length >= 0 and n >= 1, got {length} and {n}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be >= 1 token, got {chunk}")
+    if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):  # one sync
+        raise ValueError("the model's weights are not finite (NaN or inf); take another checkpoint or retrain")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -181,8 +183,8 @@ def sample_ids(
         drawn.append(nxt)
         last = step(nxt).float()
     model.train(was_training)
-    if not bool(torch.isfinite(last).all()):  # a NaN or inf stays in the recurrent state to the last step
-        raise ValueError("the model's next-token scores are not finite (NaN or inf weights?); take another checkpoint or retrain")
+    if not bool(torch.isfinite(last).all()):  # finite weights whose scores overflow float32 (a NaN state stays to the end)
+        raise ValueError("the model's next-token scores are not finite (they overflow float32); take another checkpoint or retrain")
     return torch.stack(drawn, 1) if drawn else torch.empty(n, 0, dtype=torch.long, device=device)
 
 

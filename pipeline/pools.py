@@ -28,11 +28,12 @@ class _Pool(ProcessPoolExecutor):
         spawned worker still imports its modules (seconds, before `_worker_setup` runs) stays
         pending there and is dropped, instead of printing the worker's traceback. In the parent
         it is only held for the call, then raised as usual."""
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # the mask as it is: nothing changed if this raises
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             return super().submit(fn, *args, **kwargs)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # sets it, then raises the Ctrl-C it held, if any
 
 
 @contextlib.contextmanager
@@ -41,6 +42,7 @@ def stoppable_pool(n: int, method: str = "fork"):
     outlive an interrupted or failed parent: on any exception in the block its workers are
     terminated and its queued tasks cancelled, then the exception goes on. Either way the
     workers' temporary files are removed when the block ends."""
+    entry_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     scratch = tempfile.mkdtemp(prefix="pool-")
     try:
         pool = _Pool(n, mp_context=multiprocessing.get_context(method), initializer=_worker_setup, initargs=(scratch,))
@@ -54,3 +56,6 @@ def stoppable_pool(n: int, method: str = "fork"):
         pool.shutdown(wait=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        # a Ctrl-C taken by another thread can raise in the main thread anywhere, even inside
+        # submit's `finally` before it unblocks SIGINT: the pool never leaves Ctrl-C blocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, entry_mask)

@@ -91,3 +91,12 @@ def test_a_failing_stage_is_one_line(tmp_path):
     assert p.returncode != 0, p.stdout
     err = p.stderr.strip()
     assert len(err.splitlines()) == 1 and "pipeline.tokenize big" in err and "UTF-8" in err, err
+
+
+@pytest.mark.slow
+def test_overheads_benchmark_runs(tmp_path):
+    """About 4 minutes (MLflow stores, Prefect in ephemeral mode and as a server): `make test-all`."""
+    res = ran(bench("overheads.py", "--steps", 5, out=tmp_path, timeout=1200), tmp_path, "overheads.json")
+    sec = res["seconds"]
+    assert sec["baseline"] > 0 and sec["tracking, again"] > 0
+    assert set(res["per_stage"]["baseline"]) == {"train", "evaluate", "sample"}

@@ -173,6 +173,23 @@ def test_pool_workers_temporaries_go_with_the_pool(method, end):
     assert not made.exists() and not made.parent.exists()
 
 
+def test_an_interrupted_pool_leaves_ctrl_c_unblocked():
+    """submit() blocks SIGINT while it starts workers. A Ctrl-C that another thread takes can
+    raise in the main thread before submit unblocks it again; the pool restores the mask it
+    found, so the process can still be stopped with Ctrl-C (a flow or notebook that goes on)."""
+    from pipeline.pools import stoppable_pool
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    assert signal.SIGINT not in before
+    with pytest.raises(KeyboardInterrupt):
+        with stoppable_pool(1, "spawn") as pool:
+            assert pool.submit(abs, -3).result(timeout=60) == 3
+            assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, ())  # submit unblocked it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # as a submit cut short leaves it
+            raise KeyboardInterrupt
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == before
+
+
 def test_sigterm_removes_the_temporary_and_keeps_the_last_output(tmp_path):
     final = tmp_path / "tokens"
     final.mkdir()

@@ -213,16 +213,25 @@ def test_seeded_samples_are_the_same_on_both_paths(cell):
     assert sample_ids(m, [1], 0, seed=0).shape == (1, 0)
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("path", [dict(), dict(fast=False), dict(chunk=8)])  # FastStep, the model's forward, the GPU's chunks
 @pytest.mark.parametrize("argmax", [True, False])
-def test_sampling_a_broken_model_is_an_error(fast, argmax):
+def test_sampling_a_broken_model_is_an_error(path, argmax):
     """NaN weights give NaN scores, which would draw garbage ids without a word: an error
-    instead (pipeline.sample turns it into one line)."""
+    instead, on every path (pipeline.sample turns it into one line); huge finite weights
+    whose scores overflow float32 too."""
     m = CharRNN(20, "lstm", hidden=16, layers=1).eval()
     with torch.no_grad():
         m.rnn.rnn.weight_hh_l0[3, 2] = float("nan")
-    with pytest.raises(ValueError, match="not finite"):
-        sample_ids(m, [1, 2], 30, seed=0, fast=fast, argmax=argmax)
+    with pytest.raises(ValueError, match="weights are not finite"):
+        sample_ids(m, [1, 2], 30, seed=0, argmax=argmax, **path)
+    m = CharRNN(20, "lstm", hidden=16, layers=1).eval()
+    with torch.no_grad():  # every gate saturated, h -> 1: each score sums 16 terms of 3e38
+        for name, w in m.rnn.rnn.named_parameters():
+            w.fill_(20.0 if name.startswith("bias_ih") else 0.0)
+        m.head.weight.fill_(3e38)
+    if "chunk" not in path:  # the chunk sampler's scores stay on its device: its draw is not checked
+        with pytest.raises(ValueError, match="scores are not finite"):
+            sample_ids(m, [1, 2], 30, seed=0, argmax=argmax, **path)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -31,6 +31,7 @@ def test_make_mlflow_ui_serves_the_store_without_its_uri_on_a_command_line(tmp_p
     import os
     import signal
     import subprocess
+    import sys
 
     from tests.conftest import ROOT, free_port, wait_http
 
@@ -38,8 +39,10 @@ def test_make_mlflow_ui_serves_the_store_without_its_uri_on_a_command_line(tmp_p
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
     log = open(tmp_path / "log", "w")
-    ui = subprocess.Popen(["make", "--no-print-directory", "mlflow-ui", f"MLFLOW_PORT={port}"], cwd=ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    venv = Path(sys.executable).parent.parent  # this test run's environment, taken as installed (-o): no pip run
+    ui = subprocess.Popen(["make", "--no-print-directory", "-o", f"{venv}/.installed", "mlflow-ui", f"VENV={venv}",
+                           f"MLFLOW_PORT={port}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                          start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", ui, 120, "make mlflow-ui")
         assert store.is_file()  # the server opened the store it was given
