@@ -186,7 +186,7 @@ def project_syncs(data_dir, H, L, B, T, steps, warm, device, bf16):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--data", default=str(ROOT / "data/onehot/tinyshakespeare"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import SampleParams
 from pipeline.errors import UserError, cli
+from pipeline.evaluate import check_torch_device
 from pipeline.sample import format_samples, sample_text
 
 
@@ -68,13 +69,6 @@ def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
     return path
 
 
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is visible here; use --device cpu")
-
-
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,7 +85,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.length < 0 or a.n < 1 or a.top_k < 0:
         raise UserError(f"--length and --top-k must be >= 0 and --n >= 1, got {a.length}, {a.top_k} and {a.n}")
-    check_device(a.device)
+    check_torch_device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = resolve(a.model, Path(tmp), a.params)
         sp = SampleParams(length=a.length, temperature=a.temperature, top_k=a.top_k, prime=a.prime, seed=a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little"), n=a.n)

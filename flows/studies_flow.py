@@ -98,7 +98,7 @@ def studies_flow(studies: list[str] | None = None, preset: str | None = None, pa
 
 @cli
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--study", action="append", choices=STUDIES, help="repeatable; default all")
     ap.add_argument("--preset", default=None, help="studies preset, e.g. full")
     ap.add_argument("--params", default="params.yaml")

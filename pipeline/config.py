@@ -116,6 +116,11 @@ class TrainParams:
             raise UserError(
                 f"{PARAMS}: {path}.decay_frac: must be in (0, 1] (1: cosine over the whole run), got {self.decay_frac}"
             )
+        if self.max_seconds is None and self.max_steps <= self.warmup_steps:
+            raise UserError(
+                f"{PARAMS}: {path}.max_steps: {self.max_steps} steps leave none after {path}.warmup_steps={self.warmup_steps}; "
+                f"raise max_steps or lower warmup_steps (e.g. --set {path}.warmup_steps={max(0, self.max_steps // 10)})"
+            )
         decay_steps = self.decay_frac * (self.max_steps - self.warmup_steps)
         if self.max_seconds is None and decay_steps < 1:
             raise UserError(
@@ -367,7 +372,7 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
     """params.yaml, with optional {"section.key": value} overrides applied before validation."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: not found; run from the project root or pass --params")
+        raise UserError(f"{path}: not found; run from the project root" + (" or pass --params" if path.name == PARAMS else ""))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -15,28 +15,54 @@ import json
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.config import Params, load_params
+from pipeline.config import PARAMS, Params, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.train import MODELS, ONEHOT, check_data
 
 METRICS = Path("metrics")
 
 
-def model_dir(corpus: str, models_root: Path = MODELS) -> tuple[Path, dict]:
+def model_dir(corpus: str, models_root: Path = MODELS, params: Params | None = None) -> tuple[Path, dict]:
     d = models_root / corpus
     if not (d / "best.ckpt").is_file():
+        if params is not None and corpus not in params.lm_corpora:  # no train@<corpus> stage to run
+            raise UserError(f"{d}/best.ckpt: not found; train first: python -m pipeline.train {corpus} "
+                            f"(or add {corpus} to lm_corpora in {PARAMS} for dvc repro train@{corpus})")
         raise UserError(f"{d}/best.ckpt: not found; train first (dvc repro train@{corpus})")
     run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
     return d, run
+
+
+def check_torch_device(device: str) -> None:
+    """cpu, cuda or cuda:N, and a CUDA device only where one is visible: one line, before any work."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device {device}: not a device; use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+
+
+def load_model(ckpt: Path, device: str = "cpu"):
+    """(model, vocab, hyper-parameters) of a checkpoint; a file that is not one is one line."""
+    from lightning_modules.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(ckpt, map_location=device)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+        raise UserError(f"{ckpt}: cannot load the checkpoint ({str(e).splitlines()[0]}); train again or give another path") from None
 
 
 def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_root: Path = METRICS, onehot_root: Path = ONEHOT) -> dict:
     from lightning_modules.train import evaluate as score
 
     data_dir, meta = check_data(corpus, params, onehot_root)
-    d, run = model_dir(corpus, models_root)
+    d, run = model_dir(corpus, models_root, params)
     tp = params.train
     device = "cuda" if tp.accelerator in ("gpu", "cuda") else ("cpu" if tp.accelerator == "cpu" else None)
+    load_model(d / "best.ckpt", device or "cpu")  # a damaged checkpoint: one line, not a traceback from the scorer
     m = score(d / "best.ckpt", data_dir, ("val", "test"), device=device, eval_batch=tp.eval_batch, eval_len=tp.eval_len)
     out = {k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}
     out["train_tokens_per_s"] = run.get("train_tokens_per_s")
@@ -58,8 +84,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("corpus")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a param (repeatable)")
     a = ap.parse_args(argv)
-    m = evaluate(a.corpus, load_params(a.params))
+    m = evaluate(a.corpus, load_params(a.params, parse_sets(a.set)))
     print(f"{a.corpus}: val_loss {m['val_loss']:.4f} nats/token, {m['val_bpc']:.4f} bits/token, perplexity {m['val_ppl']:.2f}"
           + (f"; test_loss {m['test_loss']:.4f}" if "test_loss" in m else "") + f" -> {METRICS / a.corpus / 'eval.json'}")
 

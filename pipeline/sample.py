@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.config import Params, SampleParams, load_params
+from pipeline.config import Params, SampleParams, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from pipeline.evaluate import model_dir
+from pipeline.evaluate import check_torch_device, load_model, model_dir
 from pipeline.train import MODELS
 
 SAMPLES = Path("samples")
@@ -21,16 +21,13 @@ SAMPLES = Path("samples")
 
 def sample_text(ckpt: Path, sp: SampleParams, argmax: bool = False, device: str = "cpu") -> list[str]:
     """n samples of sp.length tokens after sp.prime from a checkpoint; errors are UserErrors."""
-    from lightning_modules.checkpoint import load_checkpoint
     from lightning_modules.sampling import MIN_TEMPERATURE, generate
 
     argmax = argmax or sp.argmax
     if not argmax and not sp.temperature >= MIN_TEMPERATURE:
         raise UserError(f"temperature must be >= {MIN_TEMPERATURE}, got {sp.temperature}; set sample.argmax (flows.sample: --argmax) for greedy decoding")
-    try:
-        model, vocab, _ = load_checkpoint(ckpt, map_location=device)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise UserError(f"{ckpt}: cannot load the checkpoint ({str(e).splitlines()[0]}); train again or give another path") from None
+    check_torch_device(device)
+    model, vocab, _ = load_model(ckpt, device)
     try:
         return generate(model.to(device), vocab, sp.prime, sp.length, temperature=sp.temperature, top_k=sp.top_k, argmax=argmax, n=sp.n, seed=sp.seed)
     except ValueError as e:
@@ -44,7 +41,8 @@ def format_samples(texts: list[str]) -> str:
 
 
 def sample(corpus: str, params: Params, models_root: Path = MODELS, samples_root: Path = SAMPLES) -> Path:
-    d, run = model_dir(corpus, models_root)
+    params.corpus(corpus)
+    d, run = model_dir(corpus, models_root, params)
     text = format_samples(sample_text(d / "best.ckpt", params.sample))
     out = samples_root / f"{corpus}.txt"
     write_text(out, text)
@@ -61,8 +59,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("corpus")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a param (repeatable)")
     a = ap.parse_args(argv)
-    out = sample(a.corpus, load_params(a.params))
+    out = sample(a.corpus, load_params(a.params, parse_sets(a.set)))
     print(f"{a.corpus}: {out.stat().st_size:,} bytes of samples -> {out}")
 
 

@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -94,9 +95,14 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
 
 
 def error_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its type and the first line of its message."""
+    """An exception as one short line: its type and the first line of its message. A longer
+    line keeps its start and its end, where a connection error says why (`... Connection refused')`)."""
     text = redact(str(e))
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
+    line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    if len(line) <= limit:
+        return line
+    tail = (limit - 5) * 2 // 5
+    return f"{line[:limit - 5 - tail]} ... {line[-tail:]}"
 
 
 @contextlib.contextmanager
@@ -320,7 +326,10 @@ def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int,
     )
     scorer = Scorer(model).eval()
     try:
-        with fluent_uri(uri), mlflow.start_run(run_id=run_id):
+        with fluent_uri(uri), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # torch.export's note that nn.LSTM's flat weight list is an attribute, not a buffer: it
+            # traces them as constants of the graph, which is what a scorer of fixed weights wants
+            warnings.filterwarnings("ignore", message=r".*must be registered as buffers")
             info = mlflow.pytorch.log_model(
                 scorer,
                 name="model",

@@ -38,6 +38,7 @@ def global_rank() -> int:
 
 
 def check_data(corpus: str, params: Params, onehot_root: Path = ONEHOT) -> tuple[Path, dict]:
+    params.corpus(corpus)  # a name params.yaml does not declare: one line listing those it does
     data_dir = onehot_root / corpus
     meta_file = data_dir / "meta.json"
     if not meta_file.is_file():

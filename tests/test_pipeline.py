@@ -108,6 +108,22 @@ def test_sample_from_registered_model_and_checkpoint(repro):
     if not torch.cuda.is_available():
         e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--device", "cuda", cwd=proj, env=env))
         assert "no CUDA device" in e and "--device cpu" in e
+    e = one_line_error(run_module("flows.sample", "--model", "models/tiny/best.ckpt", "--device", "gpu", cwd=proj, env=env))
+    assert "--device gpu: not a device" in e  # it blamed the checkpoint
+    # the stages take --set as train does; a damaged checkpoint is one line for evaluate as for sample
+    before = (proj / "samples/tiny.txt").read_bytes()
+    p = run_module("pipeline.sample", "tiny", "--set", "sample.length=30", "--set", "sample.prime=JULIET:", cwd=proj, env=env)
+    assert p.returncode == 0 and (proj / "samples/tiny.txt").read_text().startswith("JULIET:"), p.stderr[-2000:]
+    (proj / "samples/tiny.txt").write_bytes(before)
+    ckpt = proj / "models/tiny/best.ckpt"
+    good = ckpt.read_bytes()
+    try:
+        ckpt.write_bytes(good[:1000])
+        for stage in ("pipeline.evaluate", "pipeline.sample"):
+            e = one_line_error(run_module(stage, "tiny", cwd=proj, env=env))
+            assert "best.ckpt: cannot load the checkpoint" in e and "train again" in e, (stage, e)
+    finally:
+        ckpt.write_bytes(good)
     # the store named only by params.yaml's tracking.uri, as pipeline.train found it
     import yaml
 
@@ -164,6 +180,12 @@ def test_bad_params_are_one_line_errors(tmp_path):
     assert "dvc repro onehot@tiny" in one_line_error(run_module("pipeline.train", "tiny", cwd=proj, env=env))
     assert "train first" in one_line_error(run_module("pipeline.sample", "tiny", cwd=proj, env=env))
     assert "--set" in one_line_error(run_module("pipeline.train", "tiny", "--set", "nonsense", cwd=proj, env=env))
+    for stage in ("pipeline.train", "pipeline.evaluate", "pipeline.sample"):  # not `dvc repro onehot@nosuch`, which has no stage
+        assert "unknown corpus 'nosuch'; declared in params.yaml: tiny" in one_line_error(run_module(stage, "nosuch", cwd=proj, env=env))
+    e = one_line_error(run_module("pipeline.train", "tiny", "--set", "train.max_steps=10", "--set", "train.warmup_steps=50", cwd=proj, env=env))
+    assert "train.max_steps: 10 steps leave none after train.warmup_steps=50" in e and "lower warmup_steps" in e
+    e = one_line_error(run_module("pipeline.evaluate", "tiny", "--params", "nope.yaml", cwd=proj, env=env))
+    assert e.endswith("nope.yaml: not found; run from the project root")  # it was told --params already
     import torch
 
     if not torch.cuda.is_available():

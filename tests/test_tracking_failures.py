@@ -268,6 +268,21 @@ def test_a_database_password_is_never_shown(data):
     assert not (proj / "models/tiny").exists()
 
 
+def test_a_long_error_keeps_its_start_and_its_reason():
+    """A connection error names its reason at the end of a long line; cut at the limit, the
+    server-down message ended inside `host='127`."""
+    from pipeline.tracking import error_line
+
+    e = ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: /api/2.0/mlflow/"
+                        "experiments/get-by-name?experiment_name=charlm-tiny (Caused by NewConnectionError('<urllib3."
+                        "connection.HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] "
+                        "Connection refused'))")
+    line = error_line(e, 160)
+    assert len(line) == 160 and line.startswith("ConnectionError: HTTPConnectionPool(host='127.0.0.1', port=9)")
+    assert line.endswith("Connection refused'))") and " ... " in line
+    assert error_line(ValueError("short\nsecond line")) == "ValueError: short"
+
+
 def test_a_redacted_uri_in_run_json_takes_the_full_one_of_the_same_store(monkeypatch):
     from pipeline.errors import UserError, redact
     from pipeline.tracking import error_line, hide_password, stored_uri
