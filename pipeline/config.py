@@ -384,6 +384,9 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
         return parse(raw, overrides)
     except UserError as e:
         msg = str(e)
+        for key in overrides or {}:  # a bad value the user gave on the command line: name it, not the file
+            if msg.startswith(f"{PARAMS}: {key}: "):
+                raise UserError(f"--set {key}: {msg[len(PARAMS) + len(key) + 4:]}") from None
         if path.name != PARAMS and msg.startswith(f"{PARAMS}: "):  # name the file the user gave
             raise UserError(f"{path}: {msg[len(PARAMS) + 2:]}") from None
         raise

@@ -184,6 +184,8 @@ def test_bad_params_are_one_line_errors(tmp_path):
         assert "unknown corpus 'nosuch'; declared in params.yaml: tiny" in one_line_error(run_module(stage, "nosuch", cwd=proj, env=env))
     e = one_line_error(run_module("pipeline.train", "tiny", "--set", "train.max_steps=10", "--set", "train.warmup_steps=50", cwd=proj, env=env))
     assert "train.max_steps: 10 steps leave none after train.warmup_steps=50" in e and "lower warmup_steps" in e
+    e = one_line_error(run_module("pipeline.train", "tiny", "--set", "train.hidden=-3", cwd=proj, env=env))
+    assert e == "error: --set train.hidden: must be > 0, got -3"  # the command line's value, not params.yaml's
     e = one_line_error(run_module("pipeline.evaluate", "tiny", "--params", "nope.yaml", cwd=proj, env=env))
     assert e.endswith("nope.yaml: not found; run from the project root")  # it was told --params already
     import torch
