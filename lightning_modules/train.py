@@ -177,12 +177,22 @@ def _best_score(path) -> float | None:
     return None
 
 
+def default_device(device: str | None = None) -> str:
+    """`device`, else cuda where a GPU is visible, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def evaluate(ckpt_path: str | Path, data_dir: str | Path, splits=("val", "test"), device: str | None = None, eval_batch: int = 16, eval_len: int = 512) -> dict:
     """Loss of a checkpoint on whole splits (state carried along each stream), in nats/token."""
     from lightning_modules.checkpoint import load_checkpoint
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model, _, hp = load_checkpoint(ckpt_path, map_location=device)
+    return evaluate_model(model, hp, data_dir, splits, device, eval_batch, eval_len)
+
+
+def evaluate_model(model, hp: dict, data_dir: str | Path, splits=("val", "test"), device: str = "cpu", eval_batch: int = 16, eval_len: int = 512) -> dict:
+    """`evaluate` for a model already loaded (lightning_modules.checkpoint.load_checkpoint)."""
     module = CharLM(**{k: v for k, v in hp.items() if k in CharLM.__init__.__code__.co_varnames})
     module.model = model
     module.to(device).eval()

@@ -24,6 +24,8 @@ METRICS = Path("metrics")
 
 def model_dir(corpus: str, models_root: Path = MODELS, params: Params | None = None) -> tuple[Path, dict]:
     d = models_root / corpus
+    if params is not None:
+        params.corpus(corpus)  # a name params.yaml does not declare: one line listing those it does
     if not (d / "best.ckpt").is_file():
         if params is not None and corpus not in params.lm_corpora:  # no train@<corpus> stage to run
             raise UserError(f"{d}/best.ckpt: not found; train first: python -m pipeline.train {corpus} "
@@ -56,14 +58,14 @@ def load_model(ckpt: Path, device: str = "cpu"):
 
 
 def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_root: Path = METRICS, onehot_root: Path = ONEHOT) -> dict:
-    from lightning_modules.train import evaluate as score
+    from lightning_modules.train import default_device, evaluate_model
 
     data_dir, meta = check_data(corpus, params, onehot_root)
     d, run = model_dir(corpus, models_root, params)
     tp = params.train
-    device = "cuda" if tp.accelerator in ("gpu", "cuda") else ("cpu" if tp.accelerator == "cpu" else None)
-    load_model(d / "best.ckpt", device or "cpu")  # a damaged checkpoint: one line, not a traceback from the scorer
-    m = score(d / "best.ckpt", data_dir, ("val", "test"), device=device, eval_batch=tp.eval_batch, eval_len=tp.eval_len)
+    device = default_device("cuda" if tp.accelerator in ("gpu", "cuda") else ("cpu" if tp.accelerator == "cpu" else None))
+    model, _, hp = load_model(d / "best.ckpt", device)  # a damaged checkpoint: one line, not a traceback
+    m = evaluate_model(model, hp, data_dir, ("val", "test"), device, tp.eval_batch, tp.eval_len)
     out = {k: round(v, 5) if isinstance(v, float) else v for k, v in m.items()}
     out["train_tokens_per_s"] = run.get("train_tokens_per_s")
     out["train_steps"] = run.get("steps")

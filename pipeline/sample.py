@@ -41,7 +41,6 @@ def format_samples(texts: list[str]) -> str:
 
 
 def sample(corpus: str, params: Params, models_root: Path = MODELS, samples_root: Path = SAMPLES) -> Path:
-    params.corpus(corpus)
     d, run = model_dir(corpus, models_root, params)
     text = format_samples(sample_text(d / "best.ckpt", params.sample))
     out = samples_root / f"{corpus}.txt"
