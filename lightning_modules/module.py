@@ -134,10 +134,11 @@ class CharLM(L.LightningModule):
             mid = state if state is not None else self.model.rnn.init_state(x.shape[0], x.device)
             logits, _ = self.model(window, mid)
         else:
-            logits, mid = self.model(window[:, :head], state)
-            if keep:
-                logits_b, _ = self.model(window[:, head:], mid)
-                logits = torch.cat([logits, logits_b], 1)
+            with self.model.rnn.one_mask():  # weight_drop: one W_hh' for the whole window, as one call would draw
+                logits, mid = self.model(window[:, :head], state)
+                if keep:
+                    logits_b, _ = self.model(window[:, head:], mid)
+                    logits = torch.cat([logits, logits_b], 1)
         self._carry = (window[:, head:], tuple(s.detach() for s in mid))
         return self._loss(logits[:, -x.shape[1] :], y)
 

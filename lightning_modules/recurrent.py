@@ -13,6 +13,9 @@ one mask M ~ Bernoulli(1 - p) per layer, shared by the whole batch, and runs the
 
     W_hh' = M * W_hh / (1 - p)      (the same W_hh' at every time step)
 
+A sequence run as several calls (a TBPTT window: the part whose state the next window
+starts from, then the rest) keeps one W_hh' across them inside `with stack.one_mask():`.
+
 so the recurrent connections are regularised without touching the state itself. The fused
 kernels (cuDNN, oneDNN) still run: their functional form (torch._VF.lstm / gru / rnn_*) is
 called with W_hh' in place of W_hh, so the module's own parameters are never swapped (a swap
@@ -29,6 +32,8 @@ Weight mapping between the two forms (`to_equation`, `to_fused`), per layer k:
   the z rows of weights and biases change sign; r and n rows are equal.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +52,7 @@ class RecurrentStack(nn.Module):
         if not 0 <= weight_drop < 1:
             raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
         self.weight_drop = weight_drop
+        self._masks: dict | None = None  # W_hh' per layer while `one_mask` is open
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
         if fused and cell not in FUSED:
@@ -79,7 +85,7 @@ class RecurrentStack(nn.Module):
         inp = x
         for k, cell in enumerate(self.layers):
             s = tuple(t[k] for t in state)
-            y, s = functional_call(cell, {"weight_hh": self._drop_hh(cell.weight_hh)}, (inp, s)) if self._dropping else cell(inp, s)
+            y, s = functional_call(cell, {"weight_hh": self._drop_hh(cell.weight_hh, k)}, (inp, s)) if self._dropping else cell(inp, s)
             new.append(s)
             inp = self.drop(y) if k + 1 < self.num_layers else y
         return inp, tuple(torch.stack(parts) for parts in zip(*new))
@@ -89,15 +95,30 @@ class RecurrentStack(nn.Module):
         """DropConnect on W_hh in this call: training, weight_drop > 0."""
         return self.training and self.weight_drop > 0
 
-    def _drop_hh(self, w: Tensor) -> Tensor:
-        """W_hh' = M * W_hh / (1 - p), M ~ Bernoulli(1 - p): one mask for the whole call."""
-        return F.dropout(w, self.weight_drop, training=True)
+    @contextlib.contextmanager
+    def one_mask(self):
+        """The calls inside run with one W_hh' per layer, drawn by the first of them: one
+        sequence split into calls is regularised as if it were one call."""
+        self._masks = {}
+        try:
+            yield
+        finally:
+            self._masks = None
+
+    def _drop_hh(self, w: Tensor, key) -> Tensor:
+        """W_hh' = M * W_hh / (1 - p), M ~ Bernoulli(1 - p): one mask for the whole call
+        (for every call inside `one_mask`)."""
+        if self._masks is None:
+            return F.dropout(w, self.weight_drop, training=True)
+        if key not in self._masks:
+            self._masks[key] = F.dropout(w, self.weight_drop, training=True)
+        return self._masks[key]
 
     def _fused_dropped(self, x: Tensor, hx):
         """The fused kernel's functional form with W_hh' for every layer, the module's
         parameters left in place (see the module docstring)."""
         rnn = self.rnn
-        weights = [self._drop_hh(w) if n.startswith("weight_hh") else w for n, w in zip(rnn._flat_weights_names, rnn._flat_weights)]
+        weights = [self._drop_hh(w, n) if n.startswith("weight_hh") else w for n, w in zip(rnn._flat_weights_names, rnn._flat_weights)]
         args = (weights, rnn.bias, rnn.num_layers, rnn.dropout, True, rnn.bidirectional, rnn.batch_first)
         if rnn.mode == "LSTM":
             y, h, c = _VF.lstm(x, hx, *args)

@@ -356,6 +356,30 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_matrices(cell, fused):
         RecurrentStack(cell, 6, 16, weight_drop=1.0)
 
 
+@pytest.mark.parametrize("cell,fused", [("lstm", True), ("gru", True), ("lstm-cifg", False), ("gru-lecture", False)])
+def test_one_mask_runs_a_sequence_split_into_calls_as_one_call(cell, fused):
+    """Inside one_mask, two calls draw W_hh' once: their outputs are one call's over the
+    whole sequence (same seed); outside it the second call draws a new mask."""
+    from lightning_modules.recurrent import RecurrentStack
+
+    torch.manual_seed(0)
+    st = RecurrentStack(cell, 6, 16, layers=2, fused=fused, weight_drop=0.5).train()  # dropout 0: masks are the only draws
+    x = torch.randn(3, 9, 6)
+    torch.manual_seed(1)
+    whole = st(x)[0]
+
+    def split():
+        torch.manual_seed(1)
+        a, s = st(x[:, :4])
+        return torch.cat([a, st(x[:, 4:], s)[0]], 1)
+
+    with st.one_mask():
+        y = split()
+    assert torch.allclose(y, whole, atol=1e-6)
+    assert not torch.allclose(split(), whole, atol=1e-3)  # a mask per call
+    assert st._masks is None  # closed: the next call draws its own
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_weight_drop_leaves_the_fused_modules_parameters_in_place(cell, monkeypatch):
     """Swapping a torch.nn.LSTM's weights for a call makes it re-flatten them, in place on CUDA,

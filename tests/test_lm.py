@@ -86,6 +86,27 @@ def test_tbptt_window_and_carry(corpus):
         CharLM(vocab_size=5, bptt="tbptt", k1=8, k2=4)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm-v"])
+def test_tbptt_window_draws_one_weight_drop_mask(cell):
+    """A K2 window run as two calls (K1 < K2) is regularised as one call over the window:
+    one DropConnect mask on W_hh, so its loss is the single call's under the same seed."""
+    from lightning_modules.module import CharLM
+
+    torch.manual_seed(0)
+    m = CharLM(vocab_size=30, cell=cell, hidden=16, layers=2, dropout=0.0, bptt="tbptt", k1=3, k2=7, weight_drop=0.5).train()
+    x = torch.randint(0, 30, (2, 3))
+    y = torch.randint(0, 30, (2, 3))
+    m._tbptt_loss(x, y, reset=True)
+    for _ in range(3):
+        ctx, state = m._carry
+        torch.manual_seed(5)
+        loss = m._tbptt_loss(x, y, reset=False)
+        torch.manual_seed(5)
+        logits, _ = m.model(torch.cat([ctx, x], 1), state)
+        expect = torch.nn.functional.cross_entropy(logits[:, -3:].reshape(-1, 30), y.reshape(-1))
+        assert torch.allclose(loss, expect, atol=1e-6)
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
