@@ -49,16 +49,18 @@ def check_store(uri: str, model: str) -> None:
 
 def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
     if model.startswith(("models:/", "runs:/")):
-        from pipeline.tracking import checkpoint_from_model_uri, fluent_uri
+        from pipeline.tracking import check_server, checkpoint_from_model_uri, fluent_uri, hide_password
 
         uri = store_uri(params_path)
         check_store(uri, model)
+        # a server that does not answer: one line now, not MLflow's minutes of retries
+        check_server(uri, fix="start it, point MLFLOW_TRACKING_URI (or tracking.uri of --params) at a running one, or sample a checkpoint file")
         try:
             with fluent_uri(uri):
                 ckpt, _ = checkpoint_from_model_uri(model, tmp)
         except Exception as e:  # MlflowException for an unknown name/version, and the like
             raise UserError(
-                f"{model}: cannot load it from MLflow at {uri} ({str(e).splitlines()[0]}); check the name/version with the MLflow UI"
+                f"{model}: cannot load it from MLflow at {hide_password(uri)} ({str(e).splitlines()[0]}); check the name/version with the MLflow UI"
             ) from None
         return ckpt
     path = Path(model)

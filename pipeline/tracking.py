@@ -65,7 +65,7 @@ def check_uri(uri: str) -> None:
         )
 
 
-def check_server(uri: str, timeout: float = 10.0) -> None:
+def check_server(uri: str, timeout: float = 10.0, fix: str | None = None) -> None:
     """An http(s) tracking server that does not answer, or answers 5xx (a proxy without its
     backend), is one line now, not a traceback after MLflow's retries (about 4 minutes a
     request). Any answer below 500 counts as up (a proxy may want a login for /health). The
@@ -78,7 +78,7 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
 
     env = os.environ.get
     verify = False if MLFLOW_TRACKING_INSECURE_TLS.get() else (env("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
-    fix = "start it, point MLFLOW_TRACKING_URI (or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
+    fix = fix or "start it, point MLFLOW_TRACKING_URI (or tracking.uri) at a running one, or train without tracking: --set tracking.enabled=false"
     tls = "MLflow reads the same MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_INSECURE_TLS / MLFLOW_TRACKING_CLIENT_CERT_PATH"
     try:
         r = requests.get(uri.rstrip("/") + "/health", timeout=timeout, verify=verify, cert=env("MLFLOW_TRACKING_CLIENT_CERT_PATH"))

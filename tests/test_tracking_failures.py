@@ -66,6 +66,11 @@ def test_a_server_that_does_not_answer_is_one_line_before_training(data):
     assert uri in e and "does not answer" in e and "tracking.enabled=false" in e
     assert p.returncode == 75  # may pass by itself: the flows retry the stage
     assert not (proj / "models/tiny").exists()
+    t = time.monotonic()  # flows.sample of a registered model from that server: the same one line
+    p = run_module("flows.sample", "--model", "models:/charlm-tiny/latest", cwd=proj, env=dict(env, MLFLOW_TRACKING_URI=uri))
+    e = one_line_error(p)
+    assert time.monotonic() - t < 60 and p.returncode == 75
+    assert uri in e and "does not answer" in e and "sample a checkpoint file" in e
 
 
 def test_an_lstm_variant_is_exported_registered_and_sampled(data, tmp_path):
