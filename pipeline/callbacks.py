@@ -24,7 +24,7 @@ class MlflowCallback(Callback):
     def __init__(self, uri: str, run_id: str, log_every: int, flush_every: int = 50):
         self.uri, self.run_id, self.log_every, self.flush_every = uri, run_id, log_every, flush_every
         self._client = None
-        self._pending = []  # (step, device tensor)
+        self._pending = []  # (step, ms since the epoch, device tensor)
         self._metrics = []
         self.failed: str | None = None  # the first error of the store, once one was seen
 
@@ -38,7 +38,7 @@ class MlflowCallback(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step - 1
         if trainer.is_global_zero and step % self.log_every == 0:
-            self._pending.append((step, outputs))
+            self._pending.append((step, int(time.time() * 1000), outputs))  # the time of the step, not of the flush
             if len(self._pending) >= self.flush_every:
                 self.flush()
 
@@ -72,9 +72,8 @@ class MlflowCallback(Callback):
 
         from pipeline.tracking import error_line, few_retries
 
-        now = int(time.time() * 1000)
-        for step, t in self._pending:
-            self._metrics.append(Metric("train_loss", float(t["loss"] if isinstance(t, dict) else t), now, step))
+        for step, when, t in self._pending:
+            self._metrics.append(Metric("train_loss", float(t["loss"] if isinstance(t, dict) else t), when, step))
         self._pending = []
         if self.failed and not final:
             return

@@ -139,10 +139,12 @@ def source_tags(entry: str) -> dict[str, str]:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode == 0 and head.stdout.strip():
             tags["mlflow.source.git.commit"] = head.stdout.strip()
-            # tracked files that differ from the commit, params.yaml and the dvc.lock files left out
-            # (`dvc repro` rewrites the locks as it goes; the params are the run's params)
+            # tracked files that differ from the commit: the code. Left out: params.yaml (the
+            # run's params say what they were), the dvc.lock files and the pipeline's git-tracked
+            # outputs (`dvc repro` rewrites them as it goes: the curves, scores, samples, reports)
+            outputs = [f":(exclude,glob){p}" for p in ("**/dvc.lock", "plots/**", "metrics/**", "samples/**", "reports/**")]
             dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                    ":(exclude)params.yaml", ":(exclude,glob)**/dvc.lock"], capture_output=True, text=True, timeout=10)
+                                    ":(exclude)params.yaml", *outputs], capture_output=True, text=True, timeout=10)
             if dirty.returncode == 0:
                 tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     return tags
@@ -238,6 +240,20 @@ def hide_password(uri: str) -> str:
     return redact(uri)
 
 
+def portable_uri(uri: str) -> str:
+    """run.json's form of a tracking URI: the password hidden (`hide_password`), and a sqlite
+    file inside the project (the working folder of every stage) relative to it, so models/
+    copied into another checkout (or pulled from a DVC remote) names that checkout's store,
+    never this one's."""
+    uri = hide_password(uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        with contextlib.suppress(ValueError):
+            if path.is_absolute():
+                return "sqlite:///" + path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    return uri
+
+
 def stored_uri(stored: str, current) -> str:
     """The tracking URI to log a later stage to: run.json's (`stored`), whose password, if it
     had one, is written there as *** (a database URI: an http one cannot hold one); then the
@@ -296,8 +312,14 @@ def is_store_error(e: BaseException) -> bool:
                                                   "google", "azure")
 
 
-def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int, registered_name: str | None) -> str | None:
-    """Log the checkpoint as an MLflow Model (pt2 scorer + weights-only checkpoint); register it."""
+def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int, registered_name: str | None,
+              step: int = 0, tags: dict | None = None, description: str | None = None) -> str | None:
+    """Log the checkpoint as an MLflow Model (pt2 scorer + weights-only checkpoint); register it.
+
+    MLflow 3 gives the logged model the run's metrics at `step` (log them first: the training's
+    last step shows its val_loss on the model) and `tags` to the model and its version;
+    `description` goes to the version. An interrupt during the upload marks the logged model
+    FAILED, not left PENDING (MLflow does so for an error only)."""
     import mlflow
     import numpy as np
     import torch
@@ -339,7 +361,12 @@ def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int,
                 extra_files=[str(ckpt), str(vocab_json)],
                 registered_model_name=registered_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                step=step,
+                tags=tags,
             )
+    except (KeyboardInterrupt, SystemExit):
+        fail_pending_models(uri, run_id)
+        raise
     except Exception:
         why = export_error(scorer, example)  # torch.export's, or the store's (then raised)?
         if not why:
@@ -352,7 +379,26 @@ def log_model(uri: str, run_id: str, ckpt: Path, vocab_json: Path, seq_len: int,
         print(f"warning: torch.export cannot trace this model ({why}); its checkpoint and vocab are logged as "
               f"runs:/{run_id}/checkpoint for flows.sample, and no model version is registered", file=sys.stderr)
         return None
-    return str(info.registered_model_version) if registered_name else None
+    version = str(info.registered_model_version) if registered_name and info.registered_model_version else None
+    if version and description:
+        mlflow.MlflowClient(uri).update_model_version(registered_name, version, description=description)
+    return version
+
+
+def fail_pending_models(uri: str, run_id: str) -> None:
+    """Mark the run's logged models still PENDING as FAILED: one try, quietly (on the way out
+    of an interrupt)."""
+    import mlflow
+
+    try:
+        with few_retries():
+            client = mlflow.MlflowClient(uri)
+            exp = client.get_run(run_id).info.experiment_id
+            for m in client.search_logged_models([exp], filter_string=f"source_run_id = '{run_id}'"):
+                if str(m.status).endswith("PENDING"):
+                    client.finalize_logged_model(m.model_id, "FAILED")
+    except Exception:
+        pass
 
 
 def export_error(module, example) -> str | None:
@@ -367,18 +413,19 @@ def export_error(module, example) -> str | None:
     return None
 
 
-def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None = None, step: int | None = None) -> None:
+def log_artifacts(uri: str, run_id: str, files: list[Path], metrics: dict | None = None, step: int | None = None,
+                  tags: dict | None = None) -> None:
     import mlflow
+    from mlflow.entities import Metric, RunTag
 
     client = mlflow.MlflowClient(uri)
     for f in files:
         if Path(f).is_file():
             client.log_artifact(run_id, str(f))
-    if metrics:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+    now = int(time.time() * 1000)
+    if metrics or tags:
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in (metrics or {}).items()],
+                         tags=[RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
 
 
 def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: int | None = None, tags: dict | None = None,
@@ -388,10 +435,9 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
     remote or made elsewhere) is one note and no logging: the stage's output is written. A
     store that cannot be reached is one error line (the stage fails, so a later `dvc repro`
     logs it). A metric the run already holds with the same value (a rerun) is not logged
-    twice. A database URI's password is not in run.json: `params` (with MLFLOW_TRACKING_URI)
+    twice, nor a speed (`*_per_s`, never the same twice) measured beside the same scores. A
+    database URI's password is not in run.json: `params` (with MLFLOW_TRACKING_URI)
     give the full URI of the same store."""
-    import mlflow
-
     uri, run_id = stored_uri(mlf["tracking_uri"], (lambda: tracking_uri(params)) if params is not None else None), mlf["run_id"]
     run, why = find_run(uri, run_id)
     if run is None:
@@ -400,11 +446,9 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
         return False
     try:
         new = {k: v for k, v in (metrics or {}).items() if not same_value(run.data.metrics.get(k), v)}
-        log_artifacts(uri, run_id, files, new, step)
-        if tags:  # tags, not params: a rerun with other settings may overwrite them
-            from mlflow.entities import RunTag
-
-            mlflow.MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+        if all(k.endswith("_per_s") for k in new):  # a speed measured again beside the same scores: no new point
+            new = {}
+        log_artifacts(uri, run_id, files, new, step, tags)  # tags, not params: a rerun with other settings may overwrite them
     except Exception as e:
         if not is_store_error(e):
             raise

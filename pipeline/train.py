@@ -119,7 +119,7 @@ def train(corpus: str, params: Params, models_root: Path = MODELS, plots_root: P
                 "precision_setting": tp.precision,
                 "cpu": {"model": cpu_model(), "bf16_kernels": cpu_bf16_kernels()},  # CPU bf16 losses depend on the kernels
                 "train": cfg,
-                "mlflow": {"tracking_uri": tracking.hide_password(uri), "run_id": run_id} if run_id else None,  # a password left out
+                "mlflow": {"tracking_uri": tracking.portable_uri(uri), "run_id": run_id} if run_id else None,  # a password left out
             }
             write_json(out / "run.json", summary)
         png = loss_png(curve_dir, f"{corpus}: {tp.cell} {tp.layers}x{tp.hidden}")
@@ -159,6 +159,26 @@ def loss_png(curve_dir: Path, title: str) -> Path | None:
         return None
 
 
+def describe(summary: dict) -> str:
+    """The run's description in the MLflow UI (and its model version's): what trained, how
+    long, how well."""
+    t = summary["train"]
+    bptt = "full BPTT" if t["bptt"] == "full" else f"TBPTT({t['k1']}, {t['k2']})"
+    loss = summary["best_val_loss"]
+    score = f"best val_loss {loss:.4f} nats/token ({loss / 0.6931471805599453:.3f} bits)" if isinstance(loss, float) else "no validation"
+    return (f"{t['cell']} {t['layers']}x{t['hidden']} on {summary['corpus']}, {summary['preset']} preset: {score} "
+            f"after {summary['steps']} steps in {summary['train_seconds']:.0f} s (batch {t['batch_size']}, seq_len {t['seq_len']}, "
+            f"{bptt}, {t['precision']})")
+
+
+def model_tags(summary: dict) -> dict[str, str]:
+    """Tags of the logged model and its registered version: the versions told apart in the UI."""
+    t = summary["train"]
+    return {"corpus": summary["corpus"], "cell": t["cell"], "size": f"{t['layers']}x{t['hidden']}",
+            "steps": str(summary["steps"]), "best_val_loss": f"{summary['best_val_loss']:.4f}" if isinstance(summary["best_val_loss"], float) else "none",
+            "preset": str(summary["preset"])}
+
+
 UPLOAD_TIMEOUT_S = 300  # one upload request (a large model over a slow link) may take minutes
 
 
@@ -181,11 +201,13 @@ def log_training(params: Params, uri: str, corpus: str, models_root: Path, curve
     else:
         try:  # a store gone since the last flush costs seconds, not MLflow's minutes of retries per request
             with tracking.few_retries(2, timeout=UPLOAD_TIMEOUT_S):
-                version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name)
                 files = [d / "vocab.json", png, curve_dir / "train_loss.csv", curve_dir / "val_loss.csv"]
+                # the summary first: the logged model takes the run's metrics of the last step
                 tracking.log_artifacts(uri, run_id, [f for f in files if f],
                                        {"best_val_loss": r["best_val_loss"], "train_tokens_per_s": r["train_tokens_per_s"], "train_seconds": r["train_seconds"]},
-                                       r["steps"])
+                                       r["steps"], tags={"mlflow.note.content": describe(summary)})
+                version = tracking.log_model(uri, run_id, d / "best.ckpt", d / "vocab.json", params.train.seq_len, name,
+                                             step=r["steps"], tags=model_tags(summary), description=describe(summary))
                 tracking.end_run(uri, run_id)
         except Exception as e:
             if not tracking.is_store_error(e):

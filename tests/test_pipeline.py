@@ -26,6 +26,7 @@ def test_repro_end_to_end_outputs(repro):
     assert 0 < ev["val_loss"] < 3.0 and ev["val_bpc"] == pytest.approx(ev["val_loss"] / 0.6931471805599453, rel=1e-3)
     run = json.loads((proj / "models/tiny/run.json").read_text())
     assert run["steps"] == 30 and run["mlflow"]["registered"] == "charlm-tiny version 1"
+    assert run["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"  # the project's store, relative: a copy of models/ elsewhere names its own
     from lightning_modules.precision import resolve_precision
 
     # params.yaml's `precision: auto`, recorded as what trained on this CPU
@@ -67,6 +68,8 @@ def test_mlflow_store_holds_the_run(repro):
     assert run.data.tags["sys.cpu_bf16_kernels"] == cpu_bf16_kernels() and run.data.tags["sys.cpu"] == cpu_model()
     hist = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in hist] == list(range(0, 30, 5)) and hist[-1].value < hist[0].value
+    stamps = [m.timestamp for m in hist]  # when each step ran, not when its batch was sent (two sends here)
+    assert stamps == sorted(stamps) and len(set(stamps)) > 2
     val = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in val] == [15, 30]
     assert "eval_val_loss" in run.data.metrics and "val_bpc" in run.data.metrics
@@ -74,6 +77,15 @@ def test_mlflow_store_holds_the_run(repro):
     assert {"vocab.json", "loss_curve.png", "tiny.txt", "eval.json", "train_loss.csv"} <= arts
     mv = client.get_model_version("charlm-tiny", "1")
     assert mv.run_id == run.info.run_id
+    # the UI tells runs and versions apart: a description, the version's tags, the model's metrics
+    best = run.data.metrics["best_val_loss"]
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("lstm 1x32 on tiny") and f"best val_loss {best:.4f}" in note and "after 30 steps" in note
+    assert mv.description == note and mv.tags["best_val_loss"] == f"{best:.4f}" and mv.tags["steps"] == "30"
+    (logged,) = client.search_logged_models([exp.experiment_id])
+    on_model = {m.key: m for m in logged.metrics}  # the run's metrics of the last step, not the untrained step 0
+    assert {"val_loss", "best_val_loss"} <= on_model.keys() and {m.step for m in on_model.values()} == {30}
+    assert logged.tags["size"] == "1x32" and str(logged.status).endswith("READY")
     # what decided the data the model saw, and the code that trained it
     assert run.data.params["data.level"] == "char" and run.data.params["tokenize.level"] == "char"
     assert float(run.data.params["onehot.val_frac"]) > 0

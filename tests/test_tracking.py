@@ -35,3 +35,30 @@ def test_a_run_leaves_no_tracking_uri_in_the_environment_for_the_next_one(tmp_pa
         assert os.environ["MLFLOW_TRACKING_URI"] == uris[0] and mlflow.get_tracking_uri() == uris[0]
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def test_git_dirty_means_the_code_not_the_pipelines_outputs(tmp_path, monkeypatch):
+    """`dvc repro` rewrites the git-tracked outputs (curves, scores, samples, reports) and the
+    locks: a run after it is not 'dirty'; a changed source file or dvc.yaml is."""
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    files = ["model.py", "dvc.yaml", "dvc.lock", "params.yaml", "plots/c/val_loss.csv", "metrics/c/eval.json",
+             "samples/c.txt", "reports/hello/result.json", "studies/dvc.lock"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@127.0.0.1", "commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    assert tracking.source_tags("x")["git.dirty"] == "false"
+    for f in files[2:]:
+        (tmp_path / f).write_text("b\n")
+    assert tracking.source_tags("x")["git.dirty"] == "false"
+    for f in ("model.py", "dvc.yaml"):
+        (tmp_path / f).write_text("b\n")
+        assert tracking.source_tags("x")["git.dirty"] == "true", f
+        git("checkout", "--", f)

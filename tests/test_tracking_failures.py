@@ -226,6 +226,7 @@ def test_evaluate_and_sample_go_on_when_the_run_is_gone(data, tmp_path):
         assert run_module("pipeline.evaluate", "tiny", cwd=proj, env=run_env).returncode == 0
     client, runs = _runs(uri)
     assert len(client.get_metric_history(runs[0].info.run_id, "eval_val_loss")) == 1
+    assert len(client.get_metric_history(runs[0].info.run_id, "eval_val_tokens_per_s")) == 1  # nor the speed beside them
     (tmp_path / "mlflow.db").unlink()  # the store deleted (or models/ pulled from a DVC remote)
     for module, out in (("pipeline.evaluate", "metrics/tiny/eval.json"), ("pipeline.sample", "samples/tiny.txt")):
         (proj / out).unlink(missing_ok=True)
@@ -350,3 +351,47 @@ def test_the_printed_tracking_uri_hides_a_database_password(tmp_path):
     assert shown.returncode == full.returncode == 0, shown.stderr + full.stderr
     assert shown.stdout.strip() == "postgresql://ann:***@127.0.0.1:5432/mlflow"
     assert full.stdout.strip() == "postgresql://ann:s3cret@127.0.0.1:5432/mlflow"
+
+
+def test_models_copied_to_another_checkout_log_to_that_checkouts_store(data, tmp_path):
+    """run.json names the project's own sqlite store relative to the project: evaluate in a
+    copy of the project (models/ copied, or pulled from a DVC remote) logs to the copy's
+    store, or notes that the run is not there, and never writes into the first store."""
+    proj, env = data
+    _fresh(proj)
+    own = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}  # the default: <project>/mlflow.db
+    (proj / "mlflow.db").unlink(missing_ok=True)
+    p = run_module("pipeline.train", "tiny", "--set", "train.max_steps=6", "--set", "train.val_every=3", cwd=proj, env=own)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((proj / "models/tiny/run.json").read_text())["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"
+    copy = tmp_path / "copy"
+    shutil.copytree(proj, copy, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    p = run_module("pipeline.evaluate", "tiny", cwd=copy, env=own)
+    assert p.returncode == 0 and "is not in sqlite:///mlflow.db" in p.stderr and "nothing logged" in p.stderr, p.stderr[-2000:]
+    assert not (copy / "mlflow.db").exists()
+    client, runs = _runs(f"sqlite:///{proj / 'mlflow.db'}")
+    assert len(runs) == 1 and not [k for k in runs[0].data.metrics if k.startswith("eval_")]  # the first store untouched
+    assert run_module("pipeline.evaluate", "tiny", cwd=proj, env=own).returncode == 0  # in its own checkout it logs
+    client, runs = _runs(f"sqlite:///{proj / 'mlflow.db'}")
+    assert "eval_val_loss" in runs[0].data.metrics
+
+
+def test_an_interrupted_upload_leaves_no_pending_model(tmp_path):
+    """MLflow marks a logged model FAILED after an error in log_model, not after Ctrl-C or
+    SIGTERM; tracking.fail_pending_models (log_model calls it then) does."""
+    from pipeline import tracking
+
+    uri = _store(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("charlm-tiny")
+    run_id = client.create_run(exp).info.run_id
+    other = client.create_run(exp).info.run_id
+    pending = client.create_logged_model(exp, name="model", source_run_id=run_id)
+    ready = client.create_logged_model(exp, name="model", source_run_id=run_id)
+    client.finalize_logged_model(ready.model_id, "READY")
+    elsewhere = client.create_logged_model(exp, name="model", source_run_id=other)
+    tracking.fail_pending_models(uri, run_id)
+    status = {m: str(client.get_logged_model(m).status) for m in (pending.model_id, ready.model_id, elsewhere.model_id)}
+    assert status[pending.model_id].endswith("FAILED") and status[ready.model_id].endswith("READY")
+    assert status[elsewhere.model_id].endswith("PENDING")  # another run's upload is not touched
+    tracking.fail_pending_models(f"sqlite:///{tmp_path / 'none' / 'x.db'}", run_id)  # a store that fails: quiet
