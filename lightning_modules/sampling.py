@@ -109,6 +109,13 @@ class FastStep:
         return logits, new
 
 
+def check_scores(last: torch.Tensor) -> None:
+    """Finite weights whose scores overflow float32 drew garbage ids: the last scores say so
+    (a NaN or inf state stays to the end). One sync, after the loop."""
+    if not bool(torch.isfinite(last).all()):
+        raise ValueError("the model's next-token scores are not finite (they overflow float32); take another checkpoint or retrain")
+
+
 @torch.inference_mode()
 def sample_ids(
     model: CharRNN,
@@ -156,7 +163,9 @@ def sample_ids(
             with borrowed(model, key, lambda: ChunkSampler(FastStep(model), last, state, temperature, top_k, argmax, g, k)) as sampler:
                 sampler.reset(last, state, g)  # a reused sampler (and its CUDA graph) starts from this call's prime
                 ids = sampler.run(length)
+                end = sampler.last.clone()  # the scores after the last chunk (the sampler goes back to its cache)
             model.train(was_training)
+            check_scores(end)
             return ids
         fs = FastStep(model)
         hs = list(state[0].unbind(0))  # per-layer states, replaced in these lists step by step
@@ -183,8 +192,7 @@ def sample_ids(
         drawn.append(nxt)
         last = step(nxt).float()
     model.train(was_training)
-    if not bool(torch.isfinite(last).all()):  # finite weights whose scores overflow float32 (a NaN state stays to the end)
-        raise ValueError("the model's next-token scores are not finite (they overflow float32); take another checkpoint or retrain")
+    check_scores(last)
     return torch.stack(drawn, 1) if drawn else torch.empty(n, 0, dtype=torch.long, device=device)
 
 
