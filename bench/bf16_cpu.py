@@ -13,14 +13,13 @@ means bf16 is faster here. Writes bench/out/bf16_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -60,9 +59,7 @@ def main(argv=None):
     res = {"cpu": cpu_model(), "vendor": cpu_vendor(), "bf16_kernels": cpu_bf16_kernels(), "threads": torch.get_num_threads(),
            "auto_takes": resolve_precision("auto", "cpu"),
            "rows": {k: {"fp32_ms": round(f, 3), "bf16_ms": round(b, 3), "bf16_over_fp32": round(b / f, 3)} for k, (f, b) in rows.items()}}
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bf16_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
+    save("bf16_cpu.json", res)
     print(f"{res['cpu']} ({res['vendor']}), oneDNN bf16 kernels: {res['bf16_kernels']}, {res['threads']} threads")
     print("| what | fp32 ms | bf16 ms | bf16 / fp32 |")
     print("|---|---:|---:|---:|")

@@ -24,7 +24,6 @@ Writes bench/out/cell_speed_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -172,9 +172,7 @@ def main():
                  for label, _, _, _, _, bf16 in rows if label in best},
         "errors": errors,
     }
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"cell_speed_{a.device}.json").write_text(json.dumps(res, indent=1))
+    save(f"cell_speed_{a.device}.json", res)
     print(f"equation cells vs the fused LSTM (same precision), {res['shape']}, {res['device']}")
     if not gpu:
         print(f"CPU gate arithmetic: {res['cpu_gate_kernel']}")

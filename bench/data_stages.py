@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
+sys.path.insert(0, str(ROOT))
+from bench.out_json import out_dir, save  # noqa: E402
+
+OUT = out_dir()
 
 
 RSS = (
@@ -112,15 +115,14 @@ def main():
         "peak_rss_mb": round(max(tok_rss, oh_rss)),
         "noop_dvc_repro_s": round(min(noop), 2) if noop else None,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "data_stages.json").write_text(json.dumps(res, indent=1))
+    save("data_stages.json", res)
     print("| measure | value |\n|---|---|")
     print(f"| corpus | {mb:,.0f} MB, {res['tokens']:,} tokens, vocab {res['vocab']} |")
     print(f"| cat FILE > /dev/null | {cat_s:.2f} s ({res['cat_mb_s']:,} MB/s) |")
     print(f"| tokenize | {tok_s:.2f} s, peak RSS {tok_rss:.0f} MB |")
     print(f"| onehot | {oh_s:.2f} s, peak RSS {oh_rss:.0f} MB |")
     print(f"| tokenize + onehot | {res['tokenize_onehot_mb_s']:,} MB/s ({res['ratio_to_cat']:.3f}x the speed of cat) |")
-    print(f"| no-op dvc repro onehot@tinyshakespeare | " + (f"{res['noop_dvc_repro_s']} s (best of 3) |" if noop else "not run |"))
+    print("| no-op dvc repro onehot@tinyshakespeare | " + (f"{res['noop_dvc_repro_s']} s (best of 3) |" if noop else "not run |"))
     if not a.keep:
         shutil.rmtree(work / "data/tokens", ignore_errors=True)
         shutil.rmtree(work / "data/onehot", ignore_errors=True)

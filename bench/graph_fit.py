@@ -14,13 +14,13 @@ are no graphs, so both runs take the same path. Writes bench/out/graph_fit_<devi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 from bench.train_step import StepTimer  # noqa: E402
 from lightning_modules.precision import resolve_precision  # noqa: E402
@@ -66,9 +66,7 @@ def main():
     off, on = res["runs"]["0"], res["runs"]["1"]
     res["speedup"] = round(on["chars_per_s"] / off["chars_per_s"], 3)
     res["val_loss_difference"] = round(on["val_loss"] - off["val_loss"], 5)
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"graph_fit_{a.device}.json").write_text(json.dumps(res, indent=1))
+    save(f"graph_fit_{a.device}.json", res)
     shape = f"{cfg['layers']}x{cfg['hidden']} B{cfg['batch_size']} T{cfg['seq_len']}, {cfg['precision']}"
     print(f"| {a.cell} {shape}, {a.steps} training steps, {a.device} | chars/s (steps {warm + 1}-{a.steps}) | val_loss at the end |")
     print("|---|---:|---:|")

@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
 sys.path.insert(0, str(ROOT))
+from bench.out_json import out_dir, save  # noqa: E402
+
+OUT = out_dir()
 
 TRIVIAL_FLOW = "from prefect import flow\n@flow\ndef f():\n    return 1\nf()\n"
 TRIVIAL_MLFLOW = (
@@ -171,8 +173,7 @@ def main(argv=None):
     print("\n| what ../shared/ANCHORS.md measured, measured in this run | seconds |\n|---|---:|")
     for k in anchors:
         print(f"| {k} | {r[k]:.1f} |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "overheads.json").write_text(json.dumps({"steps": a.steps, "seconds": r, "per_stage": per, "cpu_count": os.cpu_count()}, indent=1))
+    save("overheads.json", {"steps": a.steps, "seconds": r, "per_stage": per, "cpu_count": os.cpu_count()})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 import numpy as np  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -110,9 +110,7 @@ def main():
             res["runs"][name] = {**reg, "best_val_loss": round(best, 4), "best_step": best_step,
                                  "final_val_loss": round(curve.points[-1][1], 4), "train_s": round(r["train_seconds"], 1),
                                  "curve": [(s, round(v, 4)) for s, v in curve.points]}
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"regularizers_{a.device}.json").write_text(json.dumps(res, indent=1))
+    save(f"regularizers_{a.device}.json", res)
     print(f"| {a.preset} preset, {n_train:,} train chars, {a.steps} steps ({res['passes_over_train']} passes), "
           f"decay_frac {base['decay_frac']}, {a.device}, {base['precision']} "
           "| dropout | io_dropout | weight_drop | best val_loss (step) | val_loss at the end |")

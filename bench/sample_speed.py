@@ -20,8 +20,6 @@ so a freshly initialised model of the right size is used. Writes bench/out/sampl
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import warnings
@@ -29,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -92,9 +91,7 @@ def main():
         res["batch1"]["first_call_chars_per_s"] = round(max(first))
     m = marginal_rate(model, a.length, a.device)
     res["batch1"]["marginal_chars_per_s"] = round(m) if m else None
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"sample_{a.device}.json").write_text(json.dumps(res, indent=1))
+    save(f"sample_{a.device}.json", res)
     print("| sampling, " + res["model"] + ", " + res["device"] + " | eager (model forward per token) | project (FastStep; GPU: + CUDA graph per 32 tokens) | ratio |\n|---|---|---|---|")
     for n in (1, 256):
         r = res[f"batch{n}"]

@@ -16,13 +16,12 @@ Writes bench/out/time_budget_<device>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 from lightning_modules.budget import TimeBudget  # noqa: E402
 from lightning_modules.precision import resolve_precision  # noqa: E402
@@ -79,9 +78,7 @@ def main():
            "decay_frac of the wsd run": a.decay_frac, "cut": cut, "budget": budget, "wsd": wsd,
            "val_loss_gain": round(cut["final_val_loss"] - budget["final_val_loss"], 4),
            "val_loss_gain_wsd": round(cut["final_val_loss"] - wsd["final_val_loss"], 4)}
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"time_budget_{a.device}.json").write_text(json.dumps(res, indent=1))
+    save(f"time_budget_{a.device}.json", res)
     print(f"| {a.preset} preset, {a.seconds:.0f} s of training, {a.device}, {cfg['precision']} | steps | train s | lr at the stop | val_loss at the stop |")
     print("|---|---:|---:|---:|---:|")
     rows = (("cut off (cosine over max_steps)", cut), ("time budget (cosine ends at the stop)", budget),

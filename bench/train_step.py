@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import time
 import traceback
@@ -34,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.out_json import save  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -232,9 +232,7 @@ def main():
     if plain32:
         res["plain_fp32_chars_per_s"] = round(max(plain32))
         res["ratio_project_to_plain_fp32"] = round(max(project) / max(plain32), 3)
-    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench/out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_step_{a.device}{'_bf16' if bf16 and not gpu else ''}.json").write_text(json.dumps(res, indent=1))
+    save(f"train_step_{a.device}{'_bf16' if bf16 and not gpu else ''}.json", res)
     print("| measure | value |\n|---|---|")
     print(f"| device | {res['device']} |")
     print(f"| plain PyTorch loop, {res['model']} | {res['plain_chars_per_s']:,} chars/s |")
