@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 CORPUS ?= tinyshakespeare
 
-.PHONY: setup run test test-all bench mlflow-ui clean
+.PHONY: setup run test test-all bench mlflow-ui deploy clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ mlflow-ui: setup
 	  http://*|https://*) echo "the runs are on the tracking server $$($(PY) -m pipeline.tracking): open it in a browser";; \
 	  *) echo "store: $$($(PY) -m pipeline.tracking); open http://127.0.0.1:$(MLFLOW_PORT)"; \
 	     MLFLOW_BACKEND_STORE_URI="$$uri" exec mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT);; esac
+
+# prefect.yaml's deployments; its pull step takes the project folder from $$PWD, which `make -C`,
+# `env -C` or a program's subprocess leave pointing elsewhere: set here to this folder
+deploy: setup
+	PWD=$(CURDIR) prefect --no-prompt deploy --all
 
 clean:
 	rm -rf data/raw data/tokens data/onehot models metrics samples

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
+from flows.api import check_api
 from flows.console import quiet_user_errors
 from flows.dvc_stage import retry_only_transient, retry_transient, run_dvc
 from pipeline.errors import UserError, cli
@@ -36,7 +37,10 @@ RETRY_BACKOFF_S = float(os.environ.get("FLOW_RETRY_BACKOFF_S", "10"))  # downloa
 DATA_SECTIONS = ("data", "corpora", "tokenize", "onehot")
 
 
-def flow_params(params_path: str, preset: str | None, overrides: dict[str, Any] | None):
+def flow_params(params_path: str, preset: str | None, overrides: dict[str, Any] | None, cli: bool = False):
+    """The params a flow run trains with: `params_path` with the preset and the overrides.
+    A bad value is named as the user gave it: `--preset` / `--set key` on a command line
+    (`cli`), the flow's `preset` / `overrides` parameter for a deployment's run."""
     from pipeline.config import PARAMS, load_params
 
     o = dict(overrides or {})
@@ -48,7 +52,12 @@ def flow_params(params_path: str, preset: str | None, overrides: dict[str, Any] 
         )
     if preset:
         o["preset"] = preset
-    params = load_params(params_path, o)
+    def given_as(key: str) -> str:
+        if key == "preset" and preset:
+            return "--preset" if cli else "the preset parameter"
+        return f"--set {key}" if cli else f"overrides {key}"
+
+    params = load_params(params_path, o, given_as)
     if Path(params_path).resolve() != Path(PARAMS).resolve():
         if not Path(PARAMS).is_file():
             raise UserError(f"{PARAMS}: not found here; the flow prepares data with `dvc repro`, which reads it: run from the project root")
@@ -78,8 +87,13 @@ def artifact_key(prefix: str, corpus: str) -> str:
     return f"{prefix}-" + (re.sub(r"[^a-z0-9-]+", "-", corpus.lower()).strip("-") or "corpus")
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_transient)
+# the DVC tasks: retried only when the failure may pass by itself (the network, DVC's lock held
+# by another process), not for a bad URL or params
+DVC_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S), retry_jitter_factor=0.5,
+                   retry_condition_fn=retry_transient)
+
+
+@task(**DVC_RETRIES)
 def download(corpus: str) -> str:
     """Fetch the corpus (DVC stage download@<corpus>); retried only when the failure may pass
     by itself (the network, after the stage's own retries), not for a bad URL or params."""
@@ -92,9 +106,10 @@ MODEL_RETRIES = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_
                      retry_condition_fn=retry_only_transient)
 
 
-@task
+@task(**DVC_RETRIES)
 def prepare(corpus: str) -> str:
-    """Tokenize and one-hot encode (DVC stages tokenize@, onehot@), cached by DVC."""
+    """Tokenize and one-hot encode (DVC stages tokenize@, onehot@), cached by DVC; retried as
+    download is (DVC's lock held by a `dvc repro` of the user's)."""
     return run_dvc("repro", f"onehot@{corpus}")
 
 
@@ -165,7 +180,8 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml", help="its data sections must equal params.yaml's (dvc repro reads that)")
     a = ap.parse_args(argv)
     overrides = parse_sets(a.set)
-    check(a.corpus, flow_params(a.params, a.preset, overrides))  # one line now, not after the flow's start-up
+    check(a.corpus, flow_params(a.params, a.preset, overrides, cli=True))  # one line now, not after the flow's start-up
+    check_api()
     charlm_pipeline(a.corpus, a.preset, overrides, a.params)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from flows.api import check_api
 from flows.pipeline_flow import charlm_pipeline, check, flow_params
 from pipeline.errors import UserError, cli
 
@@ -25,11 +26,21 @@ def cron_schedule(cron: str) -> str | None:
         return None
     from prefect.client.schemas.schedules import CronSchedule
 
+    bad = f"--cron {cron!r}: not a cron schedule; give five fields, e.g. '0 3 * * *' (03:00 UTC daily)"
+    if not cron.startswith("@") and len(cron.split()) != 5:  # croniter reads a sixth field as seconds: every second
+        raise UserError(bad)
     try:
         CronSchedule(cron=cron, timezone="UTC")
     except ValueError:
-        raise UserError(f"--cron {cron!r}: not a cron schedule; give five fields, e.g. '0 3 * * *' (03:00 UTC daily)") from None
+        raise UserError(bad) from None
     return cron
+
+
+def check_name(name: str) -> str:
+    """A deployment name Prefect serves: not empty (it would take the flow's name), no '/' or '%'."""
+    if not name.strip() or any(c in name for c in "/%"):
+        raise UserError(f"--name {name!r}: a deployment name must be non-empty, without '/' or '%', e.g. charlm-served")
+    return name
 
 
 @cli
@@ -46,9 +57,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.limit < 1:
         raise UserError(f"--limit must be >= 1, got {a.limit}")
+    check_name(a.name)
     cron = cron_schedule(a.cron)
     overrides = parse_sets(a.set)
-    check(a.corpus, flow_params("params.yaml", a.preset, overrides))
+    check(a.corpus, flow_params("params.yaml", a.preset, overrides, cli=True))
+    check_api()
     charlm_pipeline.serve(
         name=a.name,
         cron=cron,

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.api import check_api
 from flows.console import quiet_user_errors
 from flows.pipeline_flow import artifact_key
 from pipeline.errors import UserError, cli
@@ -104,6 +105,7 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     check(a.study or list(STUDIES), a.preset, a.params)
+    check_api()
     studies_flow(a.study, a.preset, a.params)
 
 

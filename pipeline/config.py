@@ -358,18 +358,26 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
 
 
 def set_key(raw: dict, key: str, value) -> None:
-    """raw[section][...][leaf] = value for a dotted key (top-level keys like `preset` too)."""
+    """raw[section][...][leaf] = value for a dotted key (top-level keys like `preset` too).
+    A mapping given for a section is merged into it, key by key ({"train": {"cell": "gru"}}
+    is train.cell=gru), never put in place of the whole section (its other keys would fall
+    back to the code's defaults without a word)."""
     node = raw
     *parents, leaf = key.split(".")
     for p in parents:
         if not isinstance(node.setdefault(p, {}), dict):
             raise UserError(f"override {key}: {p} is not a section")
         node = node[p]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        for k, v in value.items():
+            set_key(node[leaf], str(k), v)
+        return
     node[leaf] = value
 
 
-def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None) -> Params:
-    """params.yaml, with optional {"section.key": value} overrides applied before validation."""
+def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None, given_as=None) -> Params:
+    """params.yaml, with optional {"section.key": value} overrides applied before validation.
+    A bad override is named as the user gave it: `given_as(key)`, by default `--set key`."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: not found; run from the project root" + (" or pass --params" if path.name == PARAMS else ""))
@@ -384,9 +392,10 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None)
         return parse(raw, overrides)
     except UserError as e:
         msg = str(e)
+        dotted, _, what = msg[len(PARAMS) + 2:].partition(": ") if msg.startswith(f"{PARAMS}: ") else ("", "", "")
         for key in overrides or {}:  # a bad value the user gave on the command line: name it, not the file
-            if msg.startswith(f"{PARAMS}: {key}: "):
-                raise UserError(f"--set {key}: {msg[len(PARAMS) + len(key) + 4:]}") from None
+            if what and (dotted == key or dotted.startswith(key + ".")):  # a section given whole: its key
+                raise UserError(f"{given_as(dotted) if given_as else f'--set {dotted}'}: {what}") from None
         if path.name != PARAMS and msg.startswith(f"{PARAMS}: "):  # name the file the user gave
             raise UserError(f"{path}: {msg[len(PARAMS) + 2:]}") from None
         raise

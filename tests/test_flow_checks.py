@@ -24,6 +24,9 @@ def proj(tmp_path_factory):
         (["--set", "train.hiden=3"], "train.hiden"),
         (["--set", "novalue"], "expected section.key=value"),
         (["--params", "absent.yaml"], "absent.yaml: not found"),
+        (["--preset", "nope"], "--preset: unknown preset 'nope'"),  # named as given, not as --set
+        (["--set", "train.hidden=-3"], "--set train.hidden: must be"),
+        (["--set", "train={hidden: -3}"], "--set train.hidden: must be"),
     ],
 )
 def test_pipeline_flow_refuses_before_any_work(proj, args, expect):
@@ -50,6 +53,40 @@ def test_flow_params_file_must_agree_with_params_yaml_on_the_data(proj, monkeypa
         flow_params("split.yaml", None, None)
 
 
+def test_a_section_given_whole_is_merged_and_a_bad_value_named_as_given(proj, monkeypatch):
+    """overrides {"train": {"cell": "gru"}} (a deployment's nested mapping, --set 'train={...}')
+    is train.cell=gru: the section's other keys stay params.yaml's, not the code's defaults."""
+    from flows.pipeline_flow import flow_params
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+
+    p, _ = proj
+    monkeypatch.chdir(p)
+    base = load_params("params.yaml").train
+    t = flow_params("params.yaml", None, {"train": {"cell": "gru", "hidden": 48}}).train
+    assert (t.cell, t.hidden) == ("gru", 48)
+    assert (t.max_steps, t.precision, t.dropout, t.warmup_steps) == (base.max_steps, base.precision, base.dropout, base.warmup_steps)
+    with pytest.raises(UserError, match=r"^overrides train\.hidden: must be"):  # a deployment run's parameter
+        flow_params("params.yaml", None, {"train.hidden": -1})
+    with pytest.raises(UserError, match=r"^the preset parameter: unknown preset"):
+        flow_params("params.yaml", "nope", {})
+
+
+def test_flow_commands_say_in_one_line_that_no_prefect_api_answers(proj, http_server):
+    """PREFECT_API_URL where nothing listens: exit 75 (may pass); an address that answers but
+    is no Prefect API (the UI's, without /api): exit 2; both before any work."""
+    from tests.conftest import free_port
+
+    p, env = proj
+    down = f"http://127.0.0.1:{free_port()}/api"
+    for cmd in (["flows.pipeline_flow", "--corpus", "tiny"], ["flows.serve", "--corpus", "tiny"], ["flows.studies_flow", "--study", "hello"]):
+        r = run_module(*cmd, cwd=p, env=dict(env, PREFECT_API_URL=down), timeout=120)
+        assert r.returncode == 75 and f"no Prefect API answers at {down}" in one_line_error(r), r.stderr[-2000:]
+    r = run_module("flows.pipeline_flow", "--corpus", "tiny", cwd=p, env=dict(env, PREFECT_API_URL=http_server[0]), timeout=120)
+    assert r.returncode == 2 and "but not as a Prefect API" in one_line_error(r), r.stderr[-2000:]
+    assert not (p / "data").exists() and not (p / "outputs").exists()  # nothing ran
+
+
 def test_check_refuses_a_music_corpus_and_a_missing_gpu():
     import torch
 
@@ -70,6 +107,10 @@ def test_check_refuses_a_music_corpus_and_a_missing_gpu():
     "args, expect",
     [
         (["--cron", "0 3 * *"], "--cron '0 3 * *': not a cron schedule"),
+        (["--cron", "* * * * * *"], "not a cron schedule; give five fields"),  # croniter: seconds, a run every second
+        (["--cron", "0 3 * * * * *"], "not a cron schedule; give five fields"),
+        (["--name", "a/b"], "--name 'a/b': a deployment name must be"),
+        (["--name", ""], "--name '': a deployment name must be"),
         (["--limit", "0"], "--limit must be >= 1"),
         (["--set", "foo"], "expected section.key=value"),
         (["--corpus", "nosuch"], "unknown corpus 'nosuch'"),

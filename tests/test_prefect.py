@@ -129,9 +129,14 @@ def test_prefect_yaml_deploys_to_a_process_pool_with_its_schedules_and_limits(tm
 
     e = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT))
     prefect = str(Path(PY).parent / "prefect")
-    for cmd in (["work-pool", "create", "charlm-pool", "--type", "process", "--overwrite"], ["--no-prompt", "deploy", "--all"]):
-        r = subprocess.run([prefect, *cmd], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([prefect, "work-pool", "create", "charlm-pool", "--type", "process", "--overwrite"], cwd=ROOT, env=e,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # `make deploy` from elsewhere, $PWD not the project (make -C leaves it): the pull step still records the project
+    venv = Path(PY).parent.parent  # this test run's environment, taken as installed (-o): no pip run
+    r = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-o", f"{venv}/.installed", "deploy", f"VENV={venv}"],
+                       cwd=tmp_path, env=dict(e, PWD=str(tmp_path)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     async def read():
         from prefect.client.orchestration import PrefectClient
@@ -144,6 +149,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_with_its_schedules_and_limits(tm
     assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"] and [s.schedule.cron for s in gru.schedules] == ["0 4 * * 0"]
     assert all(d.work_pool_name == "charlm-pool" and d.global_concurrency_limit.limit == 1 for d in deps.values())
     assert gru.parameters["overrides"] == {"train.cell": "gru", "tracking.register": False}
+    for d in deps.values():  # the worker runs the flow in the project
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
     # the flow accepts what the deployments pass it
     from flows.pipeline_flow import flow_params
 
