@@ -2,6 +2,7 @@
 
     python -m flows.sample --model models/tinyshakespeare/best.ckpt --prime "ROMEO:" --length 500
     python -m flows.sample --model models:/charlm-tinyshakespeare/latest --temperature 0.8 --prime "ROMEO:" --length 500
+    python -m flows.sample --model models:/charlm-tinyshakespeare@champion     # an alias set in the MLflow UI
 
 A models:/ URI is resolved with MLflow in the store the pipeline logs to: MLFLOW_TRACKING_URI,
 else `tracking.uri` of --params (params.yaml), else the project's sqlite:///mlflow.db; the
@@ -74,7 +75,7 @@ def resolve(model: str, tmp: Path, params_path: str = "params.yaml") -> Path:
 @cli
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="checkpoint path, or models:/charlm-<corpus>/<version|latest>")
+    ap.add_argument("--model", required=True, help="checkpoint path, or models:/charlm-<corpus>/<version|latest>, or models:/charlm-<corpus>@<alias>")
     ap.add_argument("--prime", default="")
     ap.add_argument("--length", type=int, default=500)
     ap.add_argument("--temperature", type=float, default=0.8)

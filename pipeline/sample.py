@@ -3,7 +3,8 @@
     python -m pipeline.sample tinyshakespeare           # settings from params.yaml `sample:`
 
 `sample_text` also serves `python -m flows.sample`, which takes a checkpoint path or a
-registered MLflow model (models:/charlm-<corpus>/<version or alias>).
+registered MLflow model (models:/charlm-<corpus>/<version> or /latest, or
+models:/charlm-<corpus>@<alias> for an alias set in the MLflow UI).
 """
 from __future__ import annotations
 

@@ -98,8 +98,11 @@ def test_mlflow_store_holds_the_run(repro):
 
 
 def test_sample_from_registered_model_and_checkpoint(repro):
+    import mlflow
+
     proj, env, _ = repro
-    for model in ("models:/charlm-tiny/latest", "models/tiny/best.ckpt"):
+    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias("charlm-tiny", "champion", "1")  # as in the UI
+    for model in ("models:/charlm-tiny/latest", "models:/charlm-tiny@champion", "models/tiny/best.ckpt"):
         p = run_module("flows.sample", "--model", model, "--prime", "JULIET:", "--length", "60", "--seed", "3", cwd=proj, env=env)
         assert p.returncode == 0, p.stderr[-2000:]
         assert p.stdout.startswith("JULIET:") and len(p.stdout) >= 60
