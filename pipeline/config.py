@@ -252,6 +252,7 @@ class Params:
     lm_corpora: tuple[str, ...] = ()
     preset: str = "cpu"
     raw: dict = field(repr=False, default_factory=dict)
+    overrides: dict = field(repr=False, default_factory=dict)  # what --set (or a flow) gave: it wins over any preset
 
     def corpus(self, name: str) -> Corpus:
         if name not in self.corpora:
@@ -341,6 +342,7 @@ def parse(raw: dict, overrides: dict | None = None) -> Params:
         lm_corpora=_check_value("lm_corpora", "lm_corpora", raw.get("lm_corpora") or [], tuple[str, ...]),
         preset=str(raw.get("preset", "cpu")),
         raw=raw,
+        overrides=dict(overrides or {}),
     )
     for c in p.lm_corpora:
         if c not in corpora or corpora[c].kind != "text":

@@ -43,7 +43,7 @@ from lightning_modules.clock import TrainClock
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, at_least, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, at_least, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,7 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
 
 def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/onehot")) -> dict:
     hp = study_params(params, "bptt", BpttParams)
+    check_report_dir(out_dir)  # before any work
     plan = regimes(hp)  # bad K1/K2 pairs failed in study_params, before any work
     data_dir = data_root / hp.corpus
     if not (data_dir / "meta.json").is_file():

@@ -31,7 +31,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies.bleu import corpus_bleu
-from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 from studies.shapes import check_holdout, scenes
 
 FEEDS = {"every": "CNN + LSTM (image at every step)", "first": "CNN + LSTM (image first: Show and Tell)"}
@@ -186,6 +186,7 @@ def _wrap(text: str, width: int = 34) -> str:
 
 def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
     hp = study_params(params, "captioning", CaptioningParams)
+    check_report_dir(out_dir)  # before any work
     check(hp)
     t0 = time.perf_counter()
     tr = scenes(hp.train_images, hp.image_size, hp.two_objects, hp.noise, seed=hp.seed, exclude=hp.holdout)

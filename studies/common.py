@@ -9,16 +9,49 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import PARAMS, Params, build
+from pipeline.config import PARAMS, Params, build, set_key
 from pipeline.errors import UserError
 
 REPORTS = Path("reports")
 
 
+STUDIES = ("hello", "vanishing", "bptt", "variants", "captioning", "generators", "tasks")  # the sections studies.<name>
+
+
+def check_study_names(studies: dict) -> None:
+    """Every key of `studies:` and of each preset names a study (or is preset/presets): a
+    misspelled section would otherwise be ignored and the default sizes run."""
+    known = ", ".join(STUDIES)
+    for key in studies:
+        if key not in (*STUDIES, "preset", "presets"):
+            raise UserError(f"{PARAMS}: studies.{key}: unknown study (known: {known}; and preset, presets); fix the spelling or remove it")
+    presets = studies.get("presets") or {}
+    for preset, over in presets.items() if isinstance(presets, dict) else ():
+        for key in over or {} if isinstance(over, dict) else ():
+            if key not in STUDIES:
+                raise UserError(f"{PARAMS}: studies.presets.{preset}.{key}: unknown study (known: {known}); fix the spelling or remove it")
+
+
+def check_report_dir(out_dir) -> None:
+    """A study replaces its report folder whole: a folder that holds anything but an earlier
+    report (no result.json: a project's folder, reports/ itself) is refused, not emptied."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: not a folder; give the report's folder (a new one, or an earlier report)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "result.json").is_file():
+        raise UserError(f"--out {out}: holds files that are no study's report (no result.json), and a report replaces its "
+                        "folder whole; give a new or empty folder, or an earlier report's")
+
+
 def preset_section(params: Params, name: str) -> dict:
-    """params.yaml `studies.<name>` with `studies.preset` overlaid, as a mapping; an unknown preset
-    is a UserError (a typo would otherwise run the default sizes)."""
+    """params.yaml `studies.<name>` with `studies.preset` overlaid, then the user's own overrides
+    of it (--set studies.<name>.key=...) again on top: a value given explicitly wins over the
+    preset's, as it does for the training presets. An unknown preset is a UserError (a typo
+    would otherwise run the default sizes)."""
     studies = params.raw.get("studies") or {}
+    if not isinstance(studies, dict):
+        raise UserError(f"{PARAMS}: studies: must map study names to their settings")
+    check_study_names(studies)
     raw = dict(studies.get(name) or {})
     preset = studies.get("preset") or "default"
     if preset != "default":
@@ -30,6 +63,12 @@ def preset_section(params: Params, name: str) -> dict:
         if not isinstance(over, dict) or not isinstance(over.get(name) or {}, dict):
             raise UserError(f"studies.presets.{preset}: must map study names to their settings, e.g. {{{name}: {{...}}}}")
         raw.update(over.get(name) or {})
+        given: dict = {}
+        for key, value in params.overrides.items():
+            set_key(given, key, value)
+        mine = (given.get("studies") or {}).get(name) if isinstance(given.get("studies"), dict) else None
+        for key, value in (mine or {}).items() if isinstance(mine, dict) else ():
+            set_key(raw, str(key), value)
     return raw
 
 

@@ -41,7 +41,7 @@ from lightning_modules.vocab import Vocab
 from pipeline.atomic import atomic_dir, write_text
 from pipeline.config import TokenizeParams, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 
 EVAL_BATCH = 16  # validation streams (lightning_modules/train.py fit's eval_batch, passed explicitly)
 
@@ -193,6 +193,7 @@ def train_one(corpus: str, level: str, data: Path, info: dict, hp: GeneratorsPar
 
 def run(params, out_dir: Path = REPORTS / "generators", data_root: Path = Path("data/onehot"), raw_root: Path = Path("data/raw")) -> dict:
     hp = study_params(params, "generators", GeneratorsParams)
+    check_report_dir(out_dir)  # before any work
     check(hp)
     plan = [(c, "char") for c in hp.corpora] + [(c, "word") for c in hp.word_corpora]
     for corpus, level in plan:  # every input is there before the first model trains

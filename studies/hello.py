@@ -25,7 +25,7 @@ from lightning_modules.onehot import onehot
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, above_zero, at_least, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 
 ALPHABET = "helo"
 
@@ -101,6 +101,7 @@ def spell(model: Speller, letters: list[str], first: str, length: int):
 
 def run(params, out_dir: Path = REPORTS / "hello") -> dict:
     hp = study_params(params, "hello", HelloParams)
+    check_report_dir(out_dir)  # before any work
     model, letters, losses = train(hp)
     word, rows = spell(model, letters, hp.word[0], len(hp.word))
     table = pd.DataFrame(

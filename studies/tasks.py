@@ -39,7 +39,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import load_params, parse_sets
 from pipeline.errors import UserError, cli
 from studies import regimes, snippets, unrolled
-from studies.common import REPORTS, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
@@ -264,6 +264,7 @@ def _figure(unroll: dict, cls: pd.DataFrame, fc: pd.DataFrame, example: tuple, h
 
 def run(params, out_dir: Path = REPORTS / "tasks", data_root: Path = Path("data/onehot")) -> dict:
     hp = study_params(params, "tasks", TasksParams)
+    check_report_dir(out_dir)  # before any work
     check(hp)
     data = snippets.load(data_root, list(hp.classify_corpora), hp.classify_len)  # missing data fails before training
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.pools import stoppable_pool
 from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, n_params, test_adding, train_adding
-from studies.common import REPORTS, above_zero, at_least, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, check_report_dir, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ def _train_one(cell: str, H: int, T: int, hp: VanishingParams):
 
 def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     hp = study_params(params, "vanishing", VanishingParams)
+    check_report_dir(out_dir)  # before any work
     budget = n_params("lstm", hp.lstm_hidden)
     jobs = [(cell, hidden_for(cell, budget), T) for T in hp.lengths for cell in hp.cells]
     rows, models = [], {}

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import time
@@ -63,7 +64,7 @@ from pipeline.atomic import atomic_dir, write_text
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.pools import stoppable_pool
-from studies.common import REPORTS, above_zero, at_least, distinct, ordered, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, above_zero, at_least, check_report_dir, distinct, ordered, pyplot, save_png, study_params, write_result, write_table
 
 GREFF = {"V": "lstm-v", "NIG": "lstm-nig", "NFG": "lstm-nfg", "NOG": "lstm-nog", "NIAF": "lstm-niaf", "NOAF": "lstm-noaf",
          "NP": "lstm-np", "CIFG": "lstm-cifg", "FGR": "lstm-fgr", "GRU": "gru", "RNN": "rnn", "LSTM (lecture)": "lstm"}
@@ -102,6 +103,8 @@ class VariantsParams:
             raise UserError(f"{PARAMS}: {path}.variants: unknown {unknown}; choose from {', '.join(GREFF)}")
         if "V" not in self.variants:
             raise UserError(f"{PARAMS}: {path}.variants: must include V (the baseline of the paired tests); add V")
+        if len(set(self.variants)) < 2:
+            raise UserError(f"{PARAMS}: {path}.variants: V alone leaves nothing to compare with it; add a variant, e.g. [V, CIFG]")
         distinct(self, path, ("tasks", "variants"))
         at_least(self, path, ("trials", "hidden_min", "jsb_max_epochs", "jsb_patience", "jsb_batch", "text_budget_chars",
                               "text_batch", "text_seq_len"))
@@ -186,6 +189,9 @@ def text_steps(hp: dict) -> int:
     return max(1, hp["text_budget_chars"] // (hp["text_batch"] * hp["text_seq_len"]))
 
 
+TEXT_EVAL_BATCH = 16  # validation streams of a text trial
+
+
 def _text_trial(t: dict, hp: dict, data_dir: str) -> dict:
     import tempfile
 
@@ -197,12 +203,10 @@ def _text_trial(t: dict, hp: dict, data_dir: str) -> dict:
     steps = text_steps(hp)
     cfg = dict(cell=t["cell"], hidden=t["hidden"], layers=1, lr=t["lr"], seed=t["seed"], batch_size=hp["text_batch"],
                seq_len=hp["text_seq_len"], max_steps=steps, val_every=max(1, steps // 4), warmup_steps=min(20, steps // 10),
-               progress_every=0, accelerator="cpu", eval_batch=16, eval_len=512)
+               progress_every=0, accelerator="cpu", eval_batch=TEXT_EVAL_BATCH, eval_len=512)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         r = fit(cfg, data_dir, tmp)  # best val_loss over the evaluations: early stopping by checkpoint
-    import json
-
     vocab = json.loads((Path(data_dir) / "meta.json").read_text())["vocab_size"]
     params = text_params(t["cell"], t["hidden"], vocab)
     return {**t, "val_score": r["best_val_loss"], "test_score": r["best_val_loss"], "epochs": steps, "params": params,
@@ -220,6 +224,11 @@ def task_data(hp: VariantsParams, task: str, data_root: Path) -> Path:
     data_dir = data_root / (TASKS[task]["data"] or hp.text_corpus)
     if not (data_dir / "meta.json").is_file():
         raise UserError(f"{data_dir}/meta.json: not found; run `dvc repro onehot@{data_dir.name}` first")
+    if task == "text":  # scored on the val split by 16 streams (_text_trial's eval_batch)
+        val = json.loads((data_dir / "meta.json").read_text()).get("splits", {}).get("val", 0)
+        if val < TEXT_EVAL_BATCH + 1:
+            raise UserError(f"{data_dir}: the validation split has {val} tokens, and the text task scores each trial on it "
+                            f"({TEXT_EVAL_BATCH} streams need {TEXT_EVAL_BATCH + 1}); set onehot.val_frac > 0 and rerun `dvc repro onehot@{data_dir.name}`")
     return data_dir
 
 
@@ -341,8 +350,6 @@ def bigram_nats(data_dir: Path) -> float:
     """Cross-entropy (nats/char) on the val split of a character bigram model counted on the
     training split, add-one smoothed: P(b | a) = (n(a, b) + 1) / (n(a) + V). A model that
     does not beat it has not learned more than which character tends to follow which."""
-    import json
-
     V = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
     train = np.load(data_dir / "train.npy").astype(np.int64)
     val = np.load(data_dir / "val.npy").astype(np.int64)
@@ -424,6 +431,7 @@ def boxplots(trials_by_task: dict[str, pd.DataFrame], order: list[str], out: Pat
 
 def run(params, out_dir: Path = REPORTS / "variants", data_root: Path = Path("data/onehot")) -> dict:
     hp = study_params(params, "variants", VariantsParams)  # bad settings fail here, before any work
+    check_report_dir(out_dir)  # before any work
     for task in hp.tasks:  # and so does a later task's missing data
         task_data(hp, task, data_root)
     invocation = uuid.uuid4().hex[:12]

@@ -30,6 +30,10 @@ BAD = [
     ("variants", "studies.variants.tasks=[]", "studies.variants.tasks: empty"),
     ("variants", "studies.variants.variants=[V,GRU,GRU]", "studies.variants.variants: ['GRU'] listed twice"),
     ("variants", "studies.variants.width=param", "studies.variants.width: unknown 'param'; choose equal or params"),
+    ("variants", "studies.variants.variants=[V]", "studies.variants.variants: V alone leaves nothing to compare"),
+    ("hello", "studies.helo.steps=1", "studies.helo: unknown study"),  # a misspelled section would run the defaults
+    ("hello", "studies.prest=full", "studies.prest: unknown study"),
+    ("hello", "studies.presets.full.generatorz.seconds=1", "studies.presets.full.generatorz: unknown study"),
     ("bptt", "studies.bptt.val_points=0", "studies.bptt.val_points: must be >= 1"),
     ("bptt", "studies.bptt.val_points=1000", "studies.bptt.val_points: 1000 is more than full BPTT's 183 steps for this budget"),
 ]
@@ -81,3 +85,56 @@ def test_variants_refuses_a_later_tasks_missing_data_before_the_first_trial(tmp_
     with pytest.raises(UserError, match="onehot/absent/meta.json: not found; run `dvc repro onehot@absent` first"):
         variants.run(p, tmp_path / "reports/variants", data_root=tmp_path / "onehot")
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_value_given_with_set_wins_over_the_studies_preset():
+    """studies.preset=full overlays its sizes; a key the user sets explicitly keeps the user's value
+    (flat or as a section given whole), the rest comes from the preset."""
+    from pipeline.config import load_params
+    from studies.common import preset_section
+
+    p = load_params(ROOT / "params.yaml", {"studies.preset": "full", "studies.generators.seconds": 5, "studies.generators.hidden": 32})
+    g = preset_section(p, "generators")
+    assert (g["seconds"], g["hidden"], g["layers"]) == (5, 32, 3)  # layers: the preset's
+    v = preset_section(load_params(ROOT / "params.yaml", {"studies.preset": "full", "studies": {"vanishing": {"steps": 7}}}), "vanishing")
+    assert v["steps"] == 7 and v["lengths"] == [20, 50, 100, 200]
+
+
+def test_a_report_folder_that_holds_other_files_is_refused_not_emptied(tmp_path, monkeypatch, capsys):
+    """A study replaces its --out folder whole: a folder without an earlier report's result.json
+    (a project folder, reports/ itself) is one line before any work, its files kept."""
+    from studies import hello
+
+    mine = tmp_path / "myproject"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "notes/todo.txt").write_text("x\n")
+    monkeypatch.setattr(hello, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+
+    p = load_params(ROOT / "params.yaml", {"tracking.enabled": False})
+    with pytest.raises(UserError, match=r"holds files that are no study's report \(no result.json\)"):
+        hello.run(p, mine)
+    assert (mine / "notes/todo.txt").read_text() == "x\n"
+    (tmp_path / "file").write_text("y")
+    with pytest.raises(UserError, match="not a folder"):
+        hello.run(p, tmp_path / "file")
+
+
+def test_the_variants_text_task_needs_a_validation_split(tmp_path):
+    """Trials score on the val split: one without it (onehot.val_frac: 0) is one line before any
+    trial, not a TypeError after all of them."""
+    import json
+
+    from pipeline.config import load_params
+    from pipeline.errors import UserError
+    from studies import variants
+
+    hp = variants.study_params(load_params(ROOT / "params.yaml"), "variants", variants.VariantsParams)
+    d = tmp_path / hp.text_corpus
+    d.mkdir()
+    (d / "meta.json").write_text(json.dumps({"splits": {"train": 1000, "val": 0, "test": 0}}))
+    with pytest.raises(UserError, match="the validation split has 0 tokens.*onehot.val_frac > 0"):
+        variants.task_data(hp, "text", tmp_path)
+    (d / "meta.json").write_text(json.dumps({"splits": {"train": 1000, "val": 500, "test": 0}}))
+    assert variants.task_data(hp, "text", tmp_path) == d
