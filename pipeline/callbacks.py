@@ -6,6 +6,7 @@ numbers to MLflow (evaluate, sample, the studies) do not import Lightning (about
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -100,6 +101,20 @@ class MlflowCallback(Callback):
     def unsent(self) -> int:
         """Metric points that never reached the store."""
         return len(self._metrics) + len(self._pending)
+
+
+@contextlib.contextmanager
+def interrupts_as_raised():
+    """`with interrupts_as_raised() as keep:` around a Lightning fit given `keep` among its
+    callbacks: Lightning's sys.exit(1) after Ctrl-C or SIGTERM becomes the interrupt again, so
+    the command ends with the one line and the exit status (130, 143) every stage gives."""
+    keep = KeepInterrupt()
+    try:
+        yield keep
+    except SystemExit:
+        if keep.interrupt is not None:
+            raise keep.interrupt.with_traceback(None) from None
+        raise
 
 
 class KeepInterrupt(Callback):

@@ -142,13 +142,15 @@ def _train(params, hp, r: dict, data_dir: Path, tmp: Path, steps: int, val_every
     """Train regime `r` for `steps` optimizer steps in `tmp` (warmup min(50, steps / 10), then the
     cosine over `steps`), validating every `val_every`; its curve and the seconds of the whole fit."""
     from lightning_modules.train import fit
+    from pipeline.callbacks import interrupts_as_raised
 
     cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
                seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=val_every, warmup_steps=min(50, steps // 10),
                progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
     curve = Curve(hp.batch_size * r["k1"])
     t = time.perf_counter()
-    fit(cfg, data_dir, tmp, callbacks=[curve])
+    with interrupts_as_raised() as keep:  # Ctrl-C: the study's one line and exit 130, not Lightning's exit 1
+        fit(cfg, data_dir, tmp, callbacks=[curve, keep])
     return curve, time.perf_counter() - t
 
 

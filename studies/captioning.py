@@ -38,6 +38,12 @@ FEEDS = {"every": "CNN + LSTM (image at every step)", "first": "CNN + LSTM (imag
 BLIND = "LSTM alone (blind)"
 
 
+def labels(cell: str) -> tuple[dict, str]:
+    """The table's model names with the cell the study trains (FEEDS and BLIND name the LSTM)."""
+    name = cell.upper()
+    return {f: v.replace("LSTM", name) for f, v in FEEDS.items()}, BLIND.replace("LSTM", name)
+
+
 @dataclass(frozen=True)
 class CaptioningParams:
     train_images: int = 8000
@@ -113,11 +119,13 @@ def train_one(hp: CaptioningParams, words: Words, train, val, use_image: bool, f
     L.seed_everything(hp.seed, verbose=False)
     module = CaptionModule(len(words.itos), hp.image_size, hp.embed, hp.hidden, hp.layers, hp.cell,
                            use_image=use_image, feed=feed, lr=hp.lr, max_steps=hp.steps)
-    with tempfile.TemporaryDirectory() as tmp:
+    from pipeline.callbacks import interrupts_as_raised
+
+    with tempfile.TemporaryDirectory() as tmp, interrupts_as_raised() as keep:  # Ctrl-C: one line, exit 130
         trainer = L.Trainer(max_steps=hp.steps, accelerator=hp.accelerator, devices=1, precision="32-true",
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp,
-                            val_check_interval=min(hp.val_every, hp.steps), check_val_every_n_epoch=None)
+                            val_check_interval=min(hp.val_every, hp.steps), check_val_every_n_epoch=None, callbacks=[keep])
         t0 = time.perf_counter()
         trainer.fit(module, loader(*train, hp.batch_size, True, hp.seed), loader(*val, 250, False))
         seconds = time.perf_counter() - t0
@@ -203,24 +211,25 @@ def run(params, out_dir: Path = REPORTS / "captioning") -> dict:
     unseen = np.array([frozenset(rs) not in seen for rs in va.refs])
 
     rows, hyps, histories, seconds = [], {}, {}, {}
-    runs = [(FEEDS[f], True, f) for f in hp.feeds] + [(BLIND, False, hp.feeds[0])]
+    feeds, blind_name = labels(hp.cell)
+    runs = [(feeds[f], True, f) for f in hp.feeds] + [(blind_name, False, hp.feeds[0])]
     for name, use_image, feed in runs:
         model, histories[name], seconds[name] = train_one(hp, words, train, val, use_image, feed)
         for beam in ((1, hp.beam) if use_image and hp.beam > 1 else (hp.beam,)):
             m, hyps[(name, beam)] = evaluate(model, *val, va.refs, words, beam, unseen)
             rows.append({"model": name, "decoding": "greedy" if beam == 1 else f"beam {beam}", **m, "train_s": seconds[name]})
     table = pd.DataFrame(rows)
-    main = FEEDS[hp.feeds[0]]
+    main = feeds[hp.feeds[0]]
     k = min(hp.examples, hp.val_images)
-    best, blind = hyps[(main, hp.beam)], hyps[(BLIND, hp.beam)]
+    best, blind = hyps[(main, hp.beam)], hyps[(blind_name, hp.beam)]
     ex = pd.DataFrame({"references": [" / ".join(r) for r in va.refs[:k]], "caption": best[:k],
                        "right": [h in r for h, r in zip(best[:k], va.refs[:k])], "blind": blind[:k]})
     last = table.groupby("model", sort=False).last()   # each model at the widest beam
-    by_feed = {f: {c: None if pd.isna(last.loc[FEEDS[f], c]) else float(last.loc[FEEDS[f], c])
+    by_feed = {f: {c: None if pd.isna(last.loc[feeds[f], c]) else float(last.loc[feeds[f], c])
                    for c in ("val_loss", "bleu4", "exact", "exact_heldout")} for f in hp.feeds}
     result = {"params": asdict(hp), "vocabulary": words.itos, "max_caption_words": length - 2, "model": main,
-              **by_feed[hp.feeds[0]], "blind_val_loss": float(last.loc[BLIND, "val_loss"]),
-              "blind_bleu4": float(last.loc[BLIND, "bleu4"]), "heldout_images": int(unseen.sum()),
+              **by_feed[hp.feeds[0]], "blind_val_loss": float(last.loc[blind_name, "val_loss"]),
+              "blind_bleu4": float(last.loc[blind_name, "bleu4"]), "heldout_images": int(unseen.sum()),
               "by_feed": by_feed, "train_s": seconds, "seconds": time.perf_counter() - t0}
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
     # fails half-way leaves the last complete report, not some of its files

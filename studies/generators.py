@@ -168,6 +168,7 @@ def sample(ckpt: Path, prime: str, chars: int, chars_per_token: float, hp: Gener
 def train_one(corpus: str, level: str, data: Path, info: dict, hp: GeneratorsParams, work: Path) -> dict:
     """Train on `data` (made by `capped`, with its `info`) for hp.seconds; score; the report's row."""
     from lightning_modules.train import fit
+    from pipeline.callbacks import interrupts_as_raised
     from pipeline.curves import CurveRecorder
 
     cfg = dict(cell=hp.cell, hidden=hp.hidden, layers=hp.layers, dropout=hp.dropout, batch_size=hp.batch_size, seq_len=hp.seq_len,
@@ -175,7 +176,8 @@ def train_one(corpus: str, level: str, data: Path, info: dict, hp: GeneratorsPar
                val_every=hp.val_every if level == "char" else hp.word_val_every, eval_batch=EVAL_BATCH, precision=hp.precision,
                accelerator=hp.accelerator, seed=hp.seed, progress_every=0)
     curves = CurveRecorder(work / "curves", log_every=10)
-    res = fit(cfg, data, work / "model", callbacks=[curves])
+    with interrupts_as_raised() as keep:  # Ctrl-C: the study's one line and exit 130, not Lightning's exit 1
+        res = fit(cfg, data, work / "model", callbacks=[curves, keep])
     chars = scored_chars(data, info["lens"], EVAL_BATCH)
     n_tokens = EVAL_BATCH * ((json.loads((data / "meta.json").read_text())["splits"]["val"] - 1) // EVAL_BATCH)
     to_bpc = n_tokens / chars / math.log(2)  # nats per token -> bits per character

@@ -234,3 +234,48 @@ def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+FIT = """
+import time
+import lightning as L
+import torch
+from pipeline.callbacks import interrupts_as_raised
+from pipeline.errors import cli
+
+
+class Slow(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, i):
+        if i == 0:
+            print("training", flush=True)
+        time.sleep(0.05)
+        return self.w(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@cli
+def main(argv=None):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4000, 2)), batch_size=2)
+    with interrupts_as_raised() as keep:
+        L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[keep]).fit(Slow(), data)
+
+main()
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_lightning_fit_interrupted_ends_as_every_stage_does(sig, code):
+    """The studies that train with Lightning (generators, captioning, bptt): Ctrl-C or SIGTERM
+    ends them with the one line and 130 / 143, not Lightning's own exit 1."""
+    p = start(FIT)
+    assert p.stdout.readline().strip() == "training", p.stderr.read()[-2000:]
+    assert stop_with(p, sig, group=sig == signal.SIGINT) == code
+    err = p.stderr.read()
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) == 1 and "Traceback" not in err, err[-2000:]
