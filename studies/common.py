@@ -73,8 +73,16 @@ def preset_section(params: Params, name: str) -> dict:
 
 
 def study_params(params: Params, name: str, cls):
-    """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`."""
-    return build(cls, preset_section(params, name), f"studies.{name}")
+    """params.yaml `studies.<name>` (with `studies.preset` overlaid) as dataclass `cls`. A bad
+    value the user gave with --set is named as given (`--set studies.hello.steps: ...`)."""
+    try:
+        return build(cls, preset_section(params, name), f"studies.{name}")
+    except UserError as e:
+        msg = str(e)
+        dotted, _, what = msg[len(PARAMS) + 2:].partition(": ") if msg.startswith(f"{PARAMS}: ") else ("", "", "")
+        if what and any(dotted == k or dotted.startswith(k + ".") for k in params.overrides):
+            raise UserError(f"--set {dotted}: {what}") from None
+        raise
 
 
 def at_least(obj, path: str, keys: tuple[str, ...], low: int = 1) -> None:

@@ -68,7 +68,7 @@ def test_bad_study_param_from_the_command_line(tmp_path):
     before = _report(tmp_path, "vanishing")
     p = run_module("studies.vanishing", "--params", ROOT / "params.yaml", "--set", "tracking.enabled=false",
                    "--set", "studies.vanishing.steps=0", cwd=tmp_path)
-    assert "studies.vanishing.steps: must be >= 1, got 0" in one_line_error(p)
+    assert "error: --set studies.vanishing.steps: must be >= 1, got 0" in one_line_error(p)  # named as the user gave it
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports/vanishing").iterdir()} == before
 
 
