@@ -198,6 +198,7 @@ def test_bad_settings_fail_with_one_line_before_training_and_keep_the_last_repor
     (data / "onehot").symlink_to(onehot_root)
     (tmp_path / "o").mkdir()
     (tmp_path / "o/classify.md").write_text("the last good report")
+    (tmp_path / "o/result.json").write_text("{}\n")  # a report's folder, which a run may replace
     f = _params_file(tmp_path, "tasks", {**{k.split(".")[-1]: v for k, v in TINY.items()}, **values})
     p = run_module("studies.tasks", "--params", str(f), "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert one_line_error(p).startswith(f"error: {message}")
