@@ -377,6 +377,18 @@ def set_key(raw: dict, key: str, value) -> None:
     node[leaf] = value
 
 
+def as_given(msg: str, overrides: dict | None, given_as=None) -> str | None:
+    """A `params.yaml: <key>: <problem>` message about a value the user overrode (or a section
+    of it given whole), named as the user gave it: `given_as(key)`, by default `--set key`;
+    None for any other message."""
+    if not msg.startswith(f"{PARAMS}: "):
+        return None
+    dotted, _, what = msg[len(PARAMS) + 2:].partition(": ")
+    if what and any(dotted == k or dotted.startswith(k + ".") for k in overrides or {}):
+        return f"{given_as(dotted) if given_as else f'--set {dotted}'}: {what}"
+    return None
+
+
 def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None, given_as=None) -> Params:
     """params.yaml, with optional {"section.key": value} overrides applied before validation.
     A bad override is named as the user gave it: `given_as(key)`, by default `--set key`."""
@@ -394,10 +406,9 @@ def load_params(path: str | os.PathLike = PARAMS, overrides: dict | None = None,
         return parse(raw, overrides)
     except UserError as e:
         msg = str(e)
-        dotted, _, what = msg[len(PARAMS) + 2:].partition(": ") if msg.startswith(f"{PARAMS}: ") else ("", "", "")
-        for key in overrides or {}:  # a bad value the user gave on the command line: name it, not the file
-            if what and (dotted == key or dotted.startswith(key + ".")):  # a section given whole: its key
-                raise UserError(f"{given_as(dotted) if given_as else f'--set {dotted}'}: {what}") from None
+        given = as_given(msg, overrides, given_as)
+        if given:
+            raise UserError(given) from None
         if path.name != PARAMS and msg.startswith(f"{PARAMS}: "):  # name the file the user gave
             raise UserError(f"{path}: {msg[len(PARAMS) + 2:]}") from None
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -165,7 +166,7 @@ def describe(summary: dict) -> str:
     t = summary["train"]
     bptt = "full BPTT" if t["bptt"] == "full" else f"TBPTT({t['k1']}, {t['k2']})"
     loss = summary["best_val_loss"]
-    score = f"best val_loss {loss:.4f} nats/token ({loss / 0.6931471805599453:.3f} bits)" if isinstance(loss, float) else "no validation"
+    score = f"best val_loss {loss:.4f} nats/token ({loss / math.log(2):.3f} bits)" if isinstance(loss, float) else "no validation"
     return (f"{t['cell']} {t['layers']}x{t['hidden']} on {summary['corpus']}, {summary['preset']} preset: {score} "
             f"after {summary['steps']} steps in {summary['train_seconds']:.0f} s (batch {t['batch_size']}, seq_len {t['seq_len']}, "
             f"{bptt}, {t['precision']})")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import atomic_path, write_json, write_text
-from pipeline.config import PARAMS, Params, build, set_key
+from pipeline.config import PARAMS, Params, as_given, build, set_key
 from pipeline.errors import UserError
 
 REPORTS = Path("reports")
@@ -78,10 +78,9 @@ def study_params(params: Params, name: str, cls):
     try:
         return build(cls, preset_section(params, name), f"studies.{name}")
     except UserError as e:
-        msg = str(e)
-        dotted, _, what = msg[len(PARAMS) + 2:].partition(": ") if msg.startswith(f"{PARAMS}: ") else ("", "", "")
-        if what and any(dotted == k or dotted.startswith(k + ".") for k in params.overrides):
-            raise UserError(f"--set {dotted}: {what}") from None
+        given = as_given(str(e), params.overrides)
+        if given:
+            raise UserError(given) from None
         raise
 
 
