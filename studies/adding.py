@@ -70,9 +70,29 @@ def n_params(cell: str, hidden: int) -> int:
     return sum(p.numel() for p in Regressor(cell, hidden).parameters())
 
 
+HIDDEN_RANGE = range(2, 1024)
+
+
 def hidden_for(cell: str, budget: int) -> int:
-    """The hidden size whose parameter count comes closest to `budget` (same-size comparison)."""
-    return min(range(2, 1024), key=lambda h: abs(n_params(cell, h) - budget))
+    """The hidden size in HIDDEN_RANGE whose parameter count comes closest to `budget`
+    (same-size comparison; on a tie the smaller).
+
+    The count grows strictly with the hidden size (it is a quadratic in H with positive
+    coefficients), so a bisection finds the first size whose count reaches the budget, and
+    the answer is it or the size before: about 10 models built, not 1,000.
+    """
+    lo, hi = HIDDEN_RANGE.start, HIDDEN_RANGE.stop - 1
+    if n_params(cell, hi) < budget:
+        return hi
+    while lo < hi:  # the first h with n_params(cell, h) >= budget
+        mid = (lo + hi) // 2
+        if n_params(cell, mid) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo > HIDDEN_RANGE.start and budget - n_params(cell, lo - 1) <= n_params(cell, lo) - budget:
+        return lo - 1
+    return lo
 
 
 def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: float, seed: int, clip: float = 1.0):

@@ -67,6 +67,20 @@ def test_adding_problem_data():
     assert torch.allclose(y, 0.5 + (x[:, :, 0] * x[:, :, 1]).sum(1) / 4)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "lstm-cifg"])
+def test_hidden_for_finds_the_closest_count_as_the_full_search_does(monkeypatch, cell):
+    from studies import adding
+
+    monkeypatch.setattr(adding, "HIDDEN_RANGE", range(2, 60))
+    counts = {h: adding.n_params(cell, h) for h in adding.HIDDEN_RANGE}
+    budgets = [1, counts[2], counts[59], counts[59] + 10_000, counts[17] + 1, counts[17] - 1, counts[40]]
+    budgets += [(counts[h - 1] + counts[h]) // 2 for h in (10, 31, 50)]  # ties where the midpoint is whole
+    budgets += [(counts[h - 1] + counts[h]) // 2 + 1 for h in (10, 31, 50)]
+    for budget in budgets:
+        full = min(adding.HIDDEN_RANGE, key=lambda h: abs(counts[h] - budget))  # the search it replaces
+        assert adding.hidden_for(cell, budget) == full, budget
+
+
 def test_bptt_study_tiny(tmp_path):
     from studies import bptt
 
