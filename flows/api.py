@@ -3,7 +3,10 @@ down, or a PREFECT_API_URL that names no Prefect API, is one line, not Prefect's
 a traceback of 60 lines or more."""
 from __future__ import annotations
 
-from pipeline.errors import TransientFailure, UserError
+import os
+import sys
+
+from pipeline.errors import TransientFailure, UserError, redact
 
 
 def check_api(timeout: float = 10.0) -> None:
@@ -35,3 +38,69 @@ def check_api(timeout: float = 10.0) -> None:
     if not ok:
         raise UserError(f"PREFECT_API_URL {url} answers (HTTP {r.status_code}), but not as a Prefect API; "
                         "give the server's API address, ending in /api, e.g. http://127.0.0.1:4200/api")
+
+
+_finished: set[str] = set()
+
+
+def mark_finished(flow_name: str) -> None:
+    """Called in a flow's body once its own work is done: what follows only publishes to
+    Prefect (artifacts, the final state), which a lost API stops."""
+    _finished.add(flow_name)
+
+
+def _to_api(e: Exception, url: str) -> bool:
+    base = url.rstrip("/")
+    try:
+        target = str(e.request.url)  # httpx sets the request on every error it raises
+    except (AttributeError, RuntimeError):
+        return False
+    return target == base or target.startswith(base + "/")
+
+
+def api_lost(e: Exception, url: str | None, flow_name: str, left: str) -> TransientFailure | None:
+    """The one-line failure for an httpx error `e` on a request to the API at `url`, saying
+    whether the flow's body had finished (`left`: what it leaves behind); None for any other
+    error (not httpx's, or a request elsewhere), which stays as it was."""
+    import httpx
+
+    from pipeline.tracking import error_line
+
+    if not url or not isinstance(e, httpx.HTTPError) or not _to_api(e, url):
+        return None
+    if flow_name in _finished:
+        what = f"the flow's work had finished ({left}), but Prefect has not recorded its end (it shows the run as Running)"
+    else:
+        what = "the flow stopped there; what its tasks had finished is kept"
+    return TransientFailure(f"the Prefect API at {url} stopped answering during the run ({error_line(e, 160)}); "
+                            f"{what}; start the server again, then rerun")
+
+
+def run_here(flow_obj, *args, left: str):
+    """Run `flow_obj(*args)` in this process, the API checked before (check_api).
+
+    The API can still stop answering during the run (the server stopped or restarted, its
+    machine gone). The tasks go on (Prefect 3 reports their states as events, dropped with a
+    warning); the flow's artifacts and its own state cannot be set, and Prefect's client
+    retries for minutes, then raises httpx's error in two tracebacks and exit 1. That becomes
+    one line and exit 75 (EX_TEMPFAIL, as a TransientFailure: a rerun once the server is back
+    may pass), which says whether the flow's body had finished before the API was lost
+    (`api_lost`).
+
+    The process then ends at once (os._exit): Prefect's exit handlers would spend 7 s per
+    unsent event failing to reach the API, with an ERROR line each, after the one line. Nothing
+    is cut short: the tasks' outputs are written atomically and their MLflow runs ended."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    _finished.discard(flow_obj.name)
+    try:
+        return flow_obj(*args)
+    except Exception as e:
+        lost = api_lost(e, url, flow_obj.name, left)
+        if lost is None:
+            raise
+        print(f"error: {redact(str(lost))}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(lost.exit_code)

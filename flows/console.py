@@ -15,10 +15,14 @@ from pipeline.errors import UserError
 
 
 class DropUserErrorTracebacks(logging.Filter):
-    """Keeps the record, drops the traceback of a UserError from it."""
+    """Keeps the record, drops the traceback of a UserError from it, and that of a network
+    error (httpx's TransportError: the Prefect API lost during a run, which the command then
+    reports in one line; 60 lines of httpx's frames say no more than the record's message)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], UserError):
+        import httpx
+
+        if record.exc_info and isinstance(record.exc_info[1], (UserError, httpx.TransportError)):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from flows.api import check_api
+from flows.api import check_api, mark_finished, run_here
 from flows.console import quiet_user_errors
 from flows.dvc_stage import retry_only_transient, retry_transient, run_dvc
 from pipeline.errors import UserError, cli
@@ -154,6 +154,7 @@ def charlm_pipeline(
     summary = train(corpus, params)
     metrics = evaluate(corpus, params)
     text = sample(corpus, params)
+    mark_finished("charlm-pipeline")  # what follows only publishes to Prefect
     logger.info("val_loss %.4f nats/token after %d steps", metrics["val_loss"], summary["steps"])
     rows = [{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))]
     rows.append({"metric": "best_val_loss (training)", "value": summary["best_val_loss"]})
@@ -182,7 +183,8 @@ def main(argv=None):
     overrides = parse_sets(a.set)
     check(a.corpus, flow_params(a.params, a.preset, overrides, cli=True))  # one line now, not after the flow's start-up
     check_api()
-    charlm_pipeline(a.corpus, a.preset, overrides, a.params)
+    run_here(charlm_pipeline, a.corpus, a.preset, overrides, a.params,
+             left=f"the model, metrics and sample under {FLOW_OUT}/, the run in MLflow")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.api import check_api
+from flows.api import check_api, mark_finished, run_here
 from flows.console import quiet_user_errors
 from flows.pipeline_flow import artifact_key
 from pipeline.errors import UserError, cli
@@ -94,6 +94,7 @@ def studies_flow(studies: list[str] | None = None, preset: str | None = None, pa
         run_study(name, preset, params_path)
     if set(chosen) == set(STUDIES) or all((Path("reports") / SPECS[s][2] / "result.json").is_file() for s in STUDIES):
         review()
+    mark_finished("rnn-studies")
     return chosen
 
 
@@ -106,7 +107,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     check(a.study or list(STUDIES), a.preset, a.params)
     check_api()
-    studies_flow(a.study, a.preset, a.params)
+    run_here(studies_flow, a.study, a.preset, a.params, left="the studies' reports under reports/, their runs in MLflow")
 
 
 if __name__ == "__main__":

@@ -240,24 +240,47 @@ def mlflow_server(folder: Path):
         log.close()
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """One real Prefect API server on 127.0.0.1 for the whole test session."""
-    home = tmp_path_factory.mktemp("prefect-home")
+@contextlib.contextmanager
+def prefect_server(home: Path):
+    """A real `prefect server` on 127.0.0.1 with its home in `home`; yields (api url, kill):
+    kill() stops it at once, its children included (a server that dies). Stopped on leaving
+    in any case."""
+    import signal
+
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+    def kill(sig=signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(20)
+
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_http(f"{url}/health", proc, 120, "prefect server")
-        yield url
+        yield url, kill
     finally:
-        stop_process(proc)
+        kill(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real Prefect API server on 127.0.0.1 for the whole test session."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,33 @@ def test_flow_commands_say_in_one_line_that_no_prefect_api_answers(proj, http_se
     assert not (p / "data").exists() and not (p / "outputs").exists()  # nothing ran
 
 
+def test_an_api_lost_during_a_run_is_told_apart_from_other_errors():
+    """api_lost: an httpx error on a request to the API becomes the one line, saying whether
+    the flow's body had finished; an error elsewhere (another host, a path beside /api, not
+    httpx's) stays as it was."""
+    import httpx
+
+    from flows import api
+
+    url = "http://127.0.0.1:4200/api"
+
+    def refused(to):
+        return httpx.ConnectError("[Errno 111] Connection refused", request=httpx.Request("POST", to))
+
+    api._finished.discard("f")
+    lost = api.api_lost(refused(f"{url}/flow_runs/1/set_state"), url, "f", "the model")
+    assert lost.exit_code == 75 and "the flow stopped there" in str(lost) and "ConnectError" in str(lost), lost
+    api.mark_finished("f")
+    lost = api.api_lost(refused(f"{url}/artifacts/"), url + "/", "f", "the model under outputs/")
+    assert "the flow's work had finished (the model under outputs/)" in str(lost), lost
+    assert "the flow's work had finished" not in str(api.api_lost(refused(f"{url}/artifacts/"), url, "g", "x"))
+    for other in ("http://127.0.0.1:5000/api/2.0/mlflow/runs/get", "http://127.0.0.1:4200/apiary/x"):
+        assert api.api_lost(refused(other), url, "f", "x") is None
+    assert api.api_lost(ValueError("no"), url, "f", "x") is None
+    assert api.api_lost(httpx.ConnectError("no request"), url, "f", "x") is None
+    assert api.api_lost(refused(f"{url}/x"), None, "f", "x") is None  # no API set: the run's own server
+
+
 def test_check_refuses_a_music_corpus_and_a_missing_gpu():
     import torch
 

@@ -123,6 +123,45 @@ def test_flow_retries_train_when_the_tracking_server_does_not_answer(tmp_path, p
     assert not (proj / "outputs/flow/models/tiny").exists()
 
 
+def test_a_prefect_server_lost_during_the_flow_is_one_line_and_the_work_is_kept(tmp_path):
+    """The Prefect server dies while the model trains: the tasks go on, the model, metrics and
+    sample are written and the MLflow run finished; the command ends in one line that says
+    so, exit 75, with none of Prefect's tracebacks, soon after its client's retries (one here)."""
+    import mlflow
+
+    from tests.conftest import prefect_server
+
+    proj, env = tiny_project(tmp_path, max_steps=1500, val_every=500, log_every=50, progress_every=50)
+    with prefect_server(tmp_path / "server") as (url, kill):
+        e = dict(os.environ, **env, PREFECT_API_URL=url, PYTHONPATH=str(ROOT), PREFECT_CLIENT_MAX_RETRIES="1")
+        log = open(tmp_path / "flow.log", "w")
+        flow = subprocess.Popen([PY, "-m", "flows.pipeline_flow", "--corpus", "tiny"], cwd=proj, env=e,
+                                stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.time() + 300
+            while "step    100" not in (tmp_path / "flow.log").read_text():  # training has begun
+                assert flow.poll() is None and time.time() < deadline, (tmp_path / "flow.log").read_text()[-3000:]
+                time.sleep(0.2)
+            kill()
+            code = flow.wait(300)
+        finally:
+            if flow.poll() is None:
+                stop_process(flow)
+            log.close()
+    err = (tmp_path / "flow.log").read_text()
+    assert code == 75, err[-3000:]
+    assert "step   1500" in err and "Traceback" not in err, err[-3000:]
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
+    assert f"the Prefect API at {url} stopped answering during the run" in lines[0], lines[0]
+    assert "the flow's work had finished (the model, metrics and sample under outputs/flow/" in lines[0], lines[0]
+    out = proj / "outputs/flow"
+    assert (out / "samples/tiny.txt").read_text().startswith("ROMEO:") and (out / "metrics/tiny").is_dir()
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("charlm-tiny").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] and "eval_val_loss" in runs[0].data.metrics, runs
+
+
 def test_prefect_yaml_deploys_to_a_process_pool_with_its_schedules_and_limits(tmp_path, prefect_api, monkeypatch):
     """`prefect deploy --all` of the project's prefect.yaml, as its header says, on a real API server."""
     import asyncio
