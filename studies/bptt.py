@@ -1,6 +1,6 @@
 """Study `bptt` (slide 4): full BPTT against truncated BPTT(K1, K2), cost against quality.
 
-    python -m studies.bptt           # -> reports/bptt/{tradeoff,updates}.{csv,md}, tradeoff.png, curves.png, result.json
+    python -m studies.bptt           # -> reports/bptt/{tradeoff,updates,seeds}.{csv,md}, tradeoff.png, curves.png, result.json
 
 On a character corpus (Tiny Shakespeare by default), the same model and the same budget
 of training characters for every regime:
@@ -22,6 +22,11 @@ schedule there; that is why the equal-updates runs are separate.
 The seconds are the project's training clock (lightning_modules/clock.py), as the pipeline's
 curves and time budgets count them: from the start of training, setup and validation left
 out.
+
+Each regime is trained from `repeats` seeds (seed, seed + 1, ...): the same seed gives every
+regime the same initial weights, so two regimes are compared seed by seed. The tables give
+the mean over the seeds and its sample standard deviation (`val_loss_sd`), `seeds.md` every
+run; `curves.png` plots the first seed's curves.
 
 Every model is scored twice on the whole val split: on long streams with the state carried
 (`val_loss`, as the pipeline scores), and on windows of `full_len` characters, each from a
@@ -58,11 +63,16 @@ class BpttParams:
     k1_eq_k2: tuple[int, ...] = (16, 32, 64, 128)
     k1_lt_k2: tuple[str, ...] = ("32:64",)  # "K1:K2" pairs with K1 < K2
     seed: int = 1337
+    repeats: int = 1  # seeds seed, seed + 1, ..., each regime trained once from each
     val_points: int = 4  # the budget runs validate every full BPTT steps / val_points steps (curves.png)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.repeats)]
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
-        at_least(self, path, ("full_len", "budget_chars", "val_points", "batch_size"))
+        at_least(self, path, ("full_len", "budget_chars", "val_points", "batch_size", "repeats"))
         bad = [k for k in self.k1_eq_k2 if k < 1]
         if bad:
             raise UserError(f"{PARAMS}: {path}.k1_eq_k2: every K must be >= 1, got {list(self.k1_eq_k2)}; remove {bad}")
@@ -138,13 +148,13 @@ def full_steps(hp: BpttParams) -> int:
     return max(1, hp.budget_chars // (hp.batch_size * hp.full_len))
 
 
-def _train(params, hp, r: dict, data_dir: Path, tmp: Path, steps: int, val_every: int) -> tuple[Curve, float]:
+def _train(params, hp, r: dict, data_dir: Path, tmp: Path, steps: int, val_every: int, seed: int) -> tuple[Curve, float]:
     """Train regime `r` for `steps` optimizer steps in `tmp` (warmup min(50, steps / 10), then the
     cosine over `steps`), validating every `val_every`; its curve and the seconds of the whole fit."""
     from lightning_modules.train import fit
     from pipeline.callbacks import interrupts_as_raised
 
-    cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=hp.seed, bptt=r["bptt"],
+    cfg = dict(hidden=hp.hidden, layers=hp.layers, batch_size=hp.batch_size, lr=hp.lr, seed=seed, bptt=r["bptt"],
                seq_len=hp.full_len, k1=r["k1"], k2=r["k2"], max_steps=steps, val_every=val_every, warmup_steps=min(50, steps // 10),
                progress_every=0, accelerator="cpu" if params.train.accelerator == "cpu" else "auto", dropout=0.0)
     curve = Curve(hp.batch_size * r["k1"])
@@ -154,15 +164,16 @@ def _train(params, hp, r: dict, data_dir: Path, tmp: Path, steps: int, val_every
     return curve, time.perf_counter() - t
 
 
-def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> tuple[dict, dict]:
-    """Train one regime for the character budget and again for full BPTT's number of updates,
-    score both on val, log them; its table row (with its curve) and its equal-updates row."""
+def _regime(params, hp, r: dict, data_dir: Path, tmp: Path, seed: int) -> tuple[dict, dict]:
+    """Train one regime from `seed` for the character budget and again for full BPTT's number
+    of updates, score both on val, log them; its table row (with its curve) and its
+    equal-updates row."""
     from lightning_modules.checkpoint import load_checkpoint
     from lightning_modules.data import load_split
 
     per_step = hp.batch_size * r["k1"]  # new training characters per optimizer step
     steps, same = max(1, hp.budget_chars // per_step), full_steps(hp)
-    curve, secs = _train(params, hp, r, data_dir, tmp / "budget", steps, max(1, same // hp.val_points))
+    curve, secs = _train(params, hp, r, data_dir, tmp / "budget", steps, max(1, same // hp.val_points), seed)
     model, _, _ = load_checkpoint(tmp / "budget" / "last.ckpt", map_location="cpu")
     windows = windowed_loss(model.eval(), load_split(data_dir, "val"), hp.full_len)
     end = curve.points[-1]
@@ -170,26 +181,44 @@ def _regime(params, hp, r: dict, data_dir: Path, tmp: Path) -> tuple[dict, dict]
     row = {**r, "steps": steps, "train_chars": chars, "train_s": round(end["train_s"], 1),
            "s_per_1M_chars": round(end["train_s"] / chars * 1e6, 2), "val_loss": end["val_loss"], "val_loss_windows": round(windows, 4)}
     # equal updates: the same steps, warmup and schedule for every regime (full BPTT's budget run is that run)
-    upd = end if steps == same else _train(params, hp, r, data_dir, tmp / "updates", same, same)[0].points[-1]
+    upd = end if steps == same else _train(params, hp, r, data_dir, tmp / "updates", same, same, seed)[0].points[-1]
     upd_row = {"regime": r["regime"], "k1": r["k1"], "k2": r["k2"], "steps": same, "train_chars": same * per_step,
                "train_s": round(upd["train_s"], 1), "val_loss": upd["val_loss"]}
-    print(f"{r['regime']:22s} {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f}"
+    print(f"{r['regime']:22s} seed {seed}: {steps:5d} steps, {row['s_per_1M_chars']:6.1f} s/1M chars, val_loss {row['val_loss']:.4f}"
           f" (windows {row['val_loss_windows']:.4f}; {len(curve.points)} validations, {secs:.0f} s in all);"
           f" {same} steps: val_loss {upd_row['val_loss']:.4f}", flush=True)
-    log_study(params, "bptt", r["regime"], {**vars(hp), "k1": r["k1"], "k2": r["k2"], "steps": steps},
+    name = r["regime"] if hp.repeats == 1 else f"{r['regime']} seed {seed}"
+    log_study(params, "bptt", name, {**vars(hp), "seed": seed, "k1": r["k1"], "k2": r["k2"], "steps": steps},
               {"val_loss": row["val_loss"], "val_loss_windows": windows, "s_per_1M_chars": row["s_per_1M_chars"],
                "val_loss_equal_updates": upd_row["val_loss"]}, [])
-    return {**row, "curve": curve.points}, upd_row
+    return {**row, "seed": seed, "curve": curve.points}, {**upd_row, "seed": seed}
+
+
+def _mean_over_seeds(runs: list[dict], keys: tuple[str, ...], with_sd: bool) -> dict:
+    """The first run's other columns; each of `keys` as its mean over the runs, and the
+    val_loss's sample standard deviation (n - 1) beside it when `with_sd`."""
+    import statistics
+
+    out = {k: v for k, v in runs[0].items() if k not in ("seed", "curve")}
+    for k in keys:
+        out[k] = round(statistics.fmean(r[k] for r in runs), 4)
+    if with_sd:
+        at = list(out).index("val_loss") + 1
+        items = list(out.items())
+        items.insert(at, ("val_loss_sd", round(statistics.stdev(r["val_loss"] for r in runs), 4)))
+        out = dict(items)
+    return out
 
 
 def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for _, row in table.iterrows():
-        ax.plot(row["s_per_1M_chars"], row["val_loss"], "o", ms=8, color="black" if row["regime"].startswith("full") else "tab:blue")
+        ax.errorbar(row["s_per_1M_chars"], row["val_loss"], yerr=row.get("val_loss_sd", None), fmt="o", ms=8, capsize=3,
+                    color="black" if row["regime"].startswith("full") else "tab:blue")
         ax.annotate(row["regime"], (row["s_per_1M_chars"], row["val_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("training cost: seconds of training per million characters")
-    ax.set_ylabel("val_loss after the budget (nats/char)")
+    ax.set_ylabel("val_loss after the budget (nats/char)" + (f", mean ± sd of {hp.repeats} seeds" if hp.repeats > 1 else ""))
     ax.set_title(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, {hp.budget_chars:,} training characters each")
     ax.grid(alpha=0.3)
     save_png(fig, out / "tradeoff.png")
@@ -205,7 +234,8 @@ def _plots(out: Path, hp: BpttParams, table: pd.DataFrame, rows: list[dict]) -> 
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val_loss (nats/char, state carried)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, the budget runs' validations against updates, characters and seconds")
+    fig.suptitle(f"{hp.corpus}: {hp.layers}x{hp.hidden} LSTM, the budget runs' validations against updates, characters and seconds"
+                 + (f" (seed {hp.seed})" if hp.repeats > 1 else ""))
     save_png(fig, out / "curves.png")
 
 
@@ -224,24 +254,35 @@ def run(params, out_dir: Path = REPORTS / "bptt", data_root: Path = Path("data/o
                         f" {EVAL_STREAMS} validation streams); lower studies.bptt.full_len or use a larger corpus")
     import tempfile
 
-    rows, same = [], []
+    rows, same, per_seed = [], [], []
     for r in plan:
-        tmp = Path(tempfile.mkdtemp(prefix="bptt-"))
-        try:
-            row, upd = _regime(params, hp, r, data_dir, tmp)
-            rows.append(row)
-            same.append(upd)
-        finally:  # a failed or interrupted regime leaves no checkpoint folder behind
-            shutil.rmtree(tmp, ignore_errors=True)
-    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("bptt", "curve")} for r in rows])
+        runs, upds = [], []
+        for seed in hp.seeds:
+            tmp = Path(tempfile.mkdtemp(prefix="bptt-"))
+            try:
+                row, upd = _regime(params, hp, r, data_dir, tmp, seed)
+            finally:  # a failed or interrupted regime leaves no checkpoint folder behind
+                shutil.rmtree(tmp, ignore_errors=True)
+            runs.append(row)
+            upds.append(upd)
+            per_seed.append({"regime": r["regime"], "seed": seed, "val_loss": row["val_loss"], "val_loss_windows": row["val_loss_windows"],
+                             "val_loss_equal_updates": upd["val_loss"], "train_s": row["train_s"]})
+        several = hp.repeats > 1
+        rows.append({**_mean_over_seeds(runs, ("train_s", "s_per_1M_chars", "val_loss", "val_loss_windows"), several),
+                     "curve": runs[0]["curve"], "seeds": [{k: v for k, v in q.items() if k != "curve"} for q in runs]})
+        same.append(_mean_over_seeds(upds, ("train_s", "val_loss"), several))
+    table = pd.DataFrame([{k: v for k, v in r.items() if k not in ("bptt", "curve", "seeds")} for r in rows])
     # the report is made in a folder beside out_dir that replaces it whole at the end: a run that
     # fails half-way leaves the last complete report, not some of its files
     with atomic_dir(out_dir) as out:
         write_table(table, out, "tradeoff")
         write_table(pd.DataFrame(same), out, "updates")
+        write_table(pd.DataFrame(per_seed), out, "seeds")
         _plots(out, hp, table, rows)
-        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars, "equal_updates": {"step": full_steps(hp), "rows": same}})
-    log_study(params, "bptt", "report", hp, {}, [out_dir / f for f in ("tradeoff.md", "tradeoff.csv", "updates.md", "updates.csv", "tradeoff.png", "curves.png", "result.json")])
+        write_result(out, {"rows": rows, "budget_chars": hp.budget_chars, "seeds": hp.seeds,
+                           "equal_updates": {"step": full_steps(hp), "rows": same}})
+    log_study(params, "bptt", "report", hp, {}, [out_dir / f for f in ("tradeoff.md", "tradeoff.csv", "updates.md", "updates.csv", "seeds.md",
+                                                                       "seeds.csv", "tradeoff.png", "curves.png", "result.json")])
     return {"rows": rows}
 
 

@@ -163,8 +163,10 @@ def bptt_line(b: dict) -> str:
     rows = b["rows"]
     steps = ", ".join(f"{r['regime']} {r['steps']:,}" for r in rows)
     same_k1 = [(r, q) for r in rows for q in rows if r["bptt"] == q["bptt"] == "tbptt" and r["k1"] == q["k1"] and r["k2"] < q["k2"]]
-    pair = "; ".join(f"{r['regime']} {r['val_loss']:.3f} against {q['regime']} {q['val_loss']:.3f} ({r['steps']:,} steps each)"
-                     for r, q in same_k1)
+    seeds = b.get("seeds") or [None]  # reports written before the key: one seed
+    n = len(seeds)
+    pair = "; ".join(f"{r['regime']} {r['val_loss']:.3f} against {q['regime']} {q['val_loss']:.3f} ({r['steps']:,} steps each"
+                     + (f"; {paired(r, q)}" if n > 1 else "") + ")" for r, q in same_k1)
     best_chars = min(rows, key=lambda r: r["val_loss"])
     eq = b["equal_updates"]
     at = sorted(eq["rows"], key=lambda r: r["val_loss"])
@@ -173,7 +175,9 @@ def bptt_line(b: dict) -> str:
     best_win = min(rows, key=lambda r: r["val_loss_windows"])
     return (f"Equal characters are not equal updates: the optimizer steps are {steps}. At the end of the budget"
             f" (equal characters) {best_chars['regime']} scores best, {best_chars['val_loss']:.3f}"
-            + (f"; like for like (same K1, so the same updates and characters, one seed): {pair}" if pair else "")
+            + (f" ({order_line(rows)})" if n > 1 else "")
+            + (f"; like for like (same K1, so the same updates and characters, {'one seed' if n == 1 else f'mean of {n} seeds'}): {pair}"
+               if pair else "")
             + f". At equal updates (runs of {eq['step']:,} steps each, with the same warmup and schedule; `updates.md`),"
             f" best first: {ranked}."
             f" Scored on windows of its own T from a zero state, full BPTT gets {full['val_loss_windows']:.3f}"
@@ -181,6 +185,30 @@ def bptt_line(b: dict) -> str:
             f" {best_win['val_loss_windows']:.3f}. The seconds are training time on the pipeline's clock (setup and"
             " validation left out); `curves.png` plots the budget runs' validations against updates, characters"
             " and seconds.")
+
+
+def paired(r: dict, q: dict) -> str:
+    """Regime q against r seed by seed (the same seed: the same initial weights): how often q
+    scores lower, and the mean and sample sd of q - r."""
+    import statistics
+
+    a = {x["seed"]: x["val_loss"] for x in r["seeds"]}
+    d = [x["val_loss"] - a[x["seed"]] for x in q["seeds"] if x["seed"] in a]
+    sd = f" ± {statistics.stdev(d):.3f}" if len(d) > 1 else ""
+    return f"{q['regime']} lower in {sum(v < 0 for v in d)} of {len(d)} seeds, {q['regime']} - {r['regime']} {statistics.fmean(d):+.3f}{sd}"
+
+
+def order_line(rows: list[dict]) -> str:
+    """Whether the seeds rank the regimes alike at the budget's end."""
+    by_seed: dict[int, list[tuple[float, str]]] = {}
+    for r in rows:
+        for x in r["seeds"]:
+            by_seed.setdefault(x["seed"], []).append((x["val_loss"], r["regime"]))
+    orders = [tuple(name for _, name in sorted(v)) for v in by_seed.values()]
+    mean_order = tuple(r["regime"] for r in sorted(rows, key=lambda r: r["val_loss"]))
+    same = sum(o == mean_order for o in orders)
+    return (f"every one of the {len(orders)} seeds ranks the regimes in this order" if same == len(orders)
+            else f"{same} of the {len(orders)} seeds rank the regimes in the order of the means")
 
 
 def text_line(var: dict) -> str:

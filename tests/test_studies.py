@@ -87,28 +87,40 @@ def test_bptt_study_tiny(tmp_path):
     make_corpus(tmp_path / "onehot/toy")
     p = params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.hidden": 16, "studies.bptt.layers": 1,
                                 "studies.bptt.budget_chars": 6000, "studies.bptt.full_len": 32, "studies.bptt.batch_size": 8,
-                                "studies.bptt.k1_eq_k2": [8, 16], "studies.bptt.k1_lt_k2": ["8:16"]})
+                                "studies.bptt.k1_eq_k2": [8, 16], "studies.bptt.k1_lt_k2": ["8:16"], "studies.bptt.repeats": 2,
+                                "studies.bptt.seed": 5})
     bptt.run(p, tmp_path / "b", data_root=tmp_path / "onehot")
     t = pd.read_csv(tmp_path / "b/tradeoff.csv")
     assert list(t.regime) == ["full BPTT (T=32)", "TBPTT(8,8)", "TBPTT(16,16)", "TBPTT(8,16)"]
+    # two seeds (5, 6) per regime: the tables hold their mean and sample sd, seeds.csv every run
+    s = pd.read_csv(tmp_path / "b/seeds.csv")
+    assert list(s.seed) == [5, 6] * 4 and list(s.regime) == [r for r in t.regime for _ in (5, 6)]
+    g = s.groupby("regime", sort=False).val_loss
+    assert np.allclose(t.val_loss, g.mean().round(4).values) and np.allclose(t.val_loss_sd, g.std(ddof=1).round(4).values, atol=1e-4)
+    assert (t.val_loss_sd > 0).any()  # the seeds train different models
+    assert list(t.columns).index("val_loss_sd") == list(t.columns).index("val_loss") + 1
     assert (t.train_chars <= 6000).all() and t.val_loss.between(0, math.log(40)).all()
     assert t.val_loss_windows.between(0, math.log(40)).all() and (t.s_per_1M_chars > 0).all()  # train_s rounds to 0.0 here
     # every regime validates at full BPTT's step interval: 6000 // (8 * 32) = 23 steps, val_points 4 -> every 5
     res = json.loads((tmp_path / "b/result.json").read_text())
     for r in res["rows"]:
         steps = [p["step"] for p in r["curve"]]
-        assert steps[:4] == [5, 10, 15, 20] and steps[-1] == r["steps"] and r["curve"][-1]["val_loss"] == r["val_loss"]
+        assert steps[:4] == [5, 10, 15, 20] and steps[-1] == r["steps"] and r["curve"][-1]["val_loss"] == r["seeds"][0]["val_loss"]
+        assert [x["seed"] for x in r["seeds"]] == [5, 6] and res["seeds"] == [5, 6]
         assert [p["chars"] for p in r["curve"]] == [s * 8 * r["k1"] for s in steps]
         assert all(a["train_s"] <= b["train_s"] for a, b in zip(r["curve"], r["curve"][1:]))  # rounded to 1 ms
     u = pd.read_csv(tmp_path / "b/updates.csv")  # equal updates: runs of full BPTT's 23 steps
     assert res["equal_updates"]["step"] == 23 and list(u.regime) == list(t.regime) and (u.steps == 23).all()
     assert list(u.train_chars) == [23 * 8 * k for k in (32, 8, 16, 8)] and u.val_loss.between(0, math.log(40)).all()
-    assert u.val_loss[0] == t.val_loss[0]  # full BPTT's budget run is its equal-updates run
+    assert u.val_loss[0] == t.val_loss[0] and u.val_loss_sd[0] == t.val_loss_sd[0]  # full BPTT's budget run is its equal-updates run
+    assert np.allclose(u.val_loss, s.groupby("regime", sort=False).val_loss_equal_updates.mean().round(4).values)
     assert (u.val_loss[1:] != t.val_loss[1:]).all()  # the others train fewer steps on a schedule of their own
     assert (tmp_path / "b/curves.png").stat().st_size > 0 and (tmp_path / "b/updates.md").is_file()
     bad = params_for(tmp_path, **{"studies.bptt.k1_lt_k2": ["64:32"]})
     with pytest.raises(Exception, match="0 < K1 <= K2"):
         bptt.run(bad, tmp_path / "b2", data_root=tmp_path / "onehot")
+    with pytest.raises(Exception, match=r"studies.bptt.repeats: must be >= 1, got 0"):
+        bptt.run(params_for(tmp_path, **{"studies.bptt.repeats": 0}), tmp_path / "b2", data_root=tmp_path / "onehot")
     # a val split shorter than one window: one line before any training, the report untouched
     short = params_for(tmp_path, **{"studies.bptt.corpus": "toy", "studies.bptt.full_len": 10**6, "studies.bptt.val_points": 1})
     with pytest.raises(Exception, match=r"val.npy: \d+ tokens, fewer than 1000001 .*lower studies.bptt.full_len"):
