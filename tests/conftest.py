@@ -205,56 +205,14 @@ def wait_http(url: str, proc, timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path):
-    """A real `mlflow server` on 127.0.0.1 with its store and artifacts in `folder`; yields
-    (uri, kill): kill() stops it at once, workers included (a server that dies). Stopped on
-    leaving in any case."""
+def _server(cmd: list[str], health: str, what: str, log_path: Path, **popen):
+    """`cmd` started in a process group of its own (its workers with it), waited for until
+    `health` answers; yields kill: kill() stops the whole group at once (a server that dies).
+    Stopped on leaving in any case."""
     import signal
 
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = open(folder / "log", "w")
-    srv = subprocess.Popen(
-        [str(Path(PY).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its workers in its group
-    )
-
-    def stop(sig=signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(srv.pid, sig)
-        try:
-            srv.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(srv.pid, signal.SIGKILL)
-            srv.wait(20)
-
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", srv, 120, "mlflow server")
-        yield uri, stop
-    finally:
-        stop(signal.SIGTERM)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(srv.pid, signal.SIGKILL)  # a worker that outlived its parent
-        log.close()
-
-
-@contextlib.contextmanager
-def prefect_server(home: Path):
-    """A real `prefect server` on 127.0.0.1 with its home in `home`; yields (api url, kill):
-    kill() stops it at once, its children included (a server that dies). Stopped on leaving
-    in any case."""
-    import signal
-
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen)
 
     def kill(sig=signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
@@ -265,15 +223,39 @@ def prefect_server(home: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(20)
 
-    url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_http(f"{url}/health", proc, 120, "prefect server")
-        yield url, kill
+        wait_http(health, proc, 120, what)
+        yield kill
     finally:
         kill(signal.SIGTERM)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker that outlived its parent
         log.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path):
+    """A real `mlflow server` on 127.0.0.1 with its store and artifacts in `folder`; yields
+    (uri, kill): kill() stops it at once, workers included (a server that dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uri = f"http://127.0.0.1:{free_port()}"
+    cmd = [str(Path(PY).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
+           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", uri.rsplit(":", 1)[1], "--workers", "1"]
+    with _server(cmd, f"{uri}/health", "mlflow server", folder / "log", cwd=folder) as kill:
+        yield uri, kill
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path):
+    """A real `prefect server` on 127.0.0.1 with its home in `home`; yields (api url, kill):
+    kill() stops it at once, its children included (a server that dies)."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = [str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}/api"
+    with _server(cmd, f"{url}/health", "prefect server", home / "server.log", env=env) as kill:
+        yield url, kill
 
 
 @pytest.fixture(scope="session")
