@@ -2,7 +2,7 @@
 
     python -m flows.sample --model models/tinyshakespeare/best.ckpt --prime "ROMEO:" --length 500
     python -m flows.sample --model models:/charlm-tinyshakespeare/latest --temperature 0.8 --prime "ROMEO:" --length 500
-    python -m flows.sample --model models:/charlm-tinyshakespeare@champion     # an alias set in the MLflow UI
+    python -m flows.sample --model models:/charlm-tinyshakespeare@champion     # the best version (pipeline/champion.py)
 
 A models:/ URI is resolved with MLflow in the store the pipeline logs to: MLFLOW_TRACKING_URI,
 else `tracking.uri` of --params (params.yaml), else the project's sqlite:///mlflow.db; the

@@ -77,8 +77,36 @@ def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_ro
 
         # the scores (the train_* entries are the training run's own metrics already)
         numeric = {f"eval_{k}": v for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("train_")}
-        tracking.add_to_run(mlf, [metrics_root / corpus / "eval.json"], numeric, run.get("steps"), params=params)
+        if tracking.add_to_run(mlf, [metrics_root / corpus / "eval.json"], numeric, run.get("steps"), params=params):
+            crown(mlf, params, out["val_loss"], meta)
     return out
+
+
+def crown(mlf: dict, params: Params, val_loss: float, meta: dict) -> None:
+    """The registered version of this model (if it is one) gets its score, and the alias
+    `champion` if it beats the champion (pipeline/champion.py). A version deleted in the UI is
+    one note; a store that fails now is one line, exit 75, as for the scores."""
+    import sys
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import champion, tracking
+    from pipeline.errors import TransientFailure
+
+    reg = champion.registered_version(mlf)
+    if reg is None:
+        return
+    uri = tracking.stored_uri(mlf["tracking_uri"], lambda: tracking.tracking_uri(params))
+    try:
+        print(champion.promote(uri, *reg, val_loss, champion.data_key(meta)), file=sys.stderr)
+    except Exception as e:
+        if isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            print(f"note: {reg[0]} version {reg[1]} is not in the registry any more; no alias set", file=sys.stderr)
+            return
+        if not tracking.is_store_error(e):
+            raise
+        raise TransientFailure(f"MLflow at {tracking.hide_password(uri)} refused the model version's tags ({tracking.error_line(e)}); "
+                               "the output is written, rerun the stage when the store is back") from None
 
 
 @cli

@@ -95,14 +95,18 @@ def test_mlflow_store_holds_the_run(repro):
     # evaluate logs its scores once, and not the training's own numbers again
     assert not [k for k in run.data.metrics if k.startswith("eval_train")]
     assert len(client.get_metric_history(run.info.run_id, "eval_val_loss")) == 1
+    # the first scored version is the registry's champion, tagged with its score on the val split
+    champ = client.get_model_version_by_alias("charlm-tiny", "champion")
+    ev = json.loads((proj / "metrics/tiny/eval.json").read_text())
+    assert str(champ.version) == "1" and champ.tags["eval_val_loss"] == f"{ev['val_loss']:.5f}" and len(champ.tags["data_key"]) == 16
 
 
 def test_sample_from_registered_model_and_checkpoint(repro):
     import mlflow
 
     proj, env, _ = repro
-    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias("charlm-tiny", "champion", "1")  # as in the UI
-    for model in ("models:/charlm-tiny/latest", "models:/charlm-tiny@champion", "models/tiny/best.ckpt"):
+    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).set_registered_model_alias("charlm-tiny", "reviewed", "1")  # as in the UI
+    for model in ("models:/charlm-tiny/latest", "models:/charlm-tiny@champion", "models:/charlm-tiny@reviewed", "models/tiny/best.ckpt"):
         p = run_module("flows.sample", "--model", model, "--prime", "JULIET:", "--length", "60", "--seed", "3", cwd=proj, env=env)
         assert p.returncode == 0, p.stderr[-2000:]
         assert p.stdout.startswith("JULIET:") and len(p.stdout) >= 60
@@ -176,6 +180,11 @@ def test_dvc_exp_run_with_a_cell_override(repro):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     show = dvc(proj, "exp", "show", "--no-pager", "--csv", env=env)
     assert "gru" in show.stdout and "val_loss" in show.stdout
+    import mlflow  # the experiment's model is version 2; @champion is whichever scored lower
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    scored = {str(v.version): float(v.tags["eval_val_loss"]) for v in client.search_model_versions("name='charlm-tiny'")}
+    assert set(scored) == {"1", "2"} and str(client.get_model_version_by_alias("charlm-tiny", "champion").version) == min(scored, key=scored.get)
 
 
 def test_bad_params_are_one_line_errors(tmp_path):
