@@ -3,6 +3,7 @@ down, or a PREFECT_API_URL that names no Prefect API, is one line, not Prefect's
 a traceback of 60 lines or more."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -41,6 +42,7 @@ def check_api(timeout: float = 10.0) -> None:
 
 
 _finished: set[str] = set()
+_raised: dict[str, BaseException] = {}
 
 
 def mark_finished(flow_name: str) -> None:
@@ -49,24 +51,50 @@ def mark_finished(flow_name: str) -> None:
     _finished.add(flow_name)
 
 
+def watched(flow_name: str):
+    """Decorator of a flow's body (under @flow): keeps the exception the body raised, if any,
+    for run_here. When the body fails and the API is gone too, Prefect's attempt to record
+    the failure raises httpx's error in its place; run_here then reports the body's own."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def body(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as e:
+                _raised[flow_name] = e
+                raise
+
+        return body
+
+    return wrap
+
+
 def _to_api(e: Exception, url: str) -> bool:
-    base = url.rstrip("/")
+    """`e` (httpx's) was raised on a request to the API at `url` (scheme, host and port as
+    httpx normalises them, the path under the API's)."""
+    import httpx
+
     try:
-        target = str(e.request.url)  # httpx sets the request on every error it raises
+        target = e.request.url  # httpx sets the request on every error it raises
     except (AttributeError, RuntimeError):
         return False
-    return target == base or target.startswith(base + "/")
+    base = httpx.URL(url)
+    path = base.path.rstrip("/")
+    return ((target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
+            and (target.path == path or target.path.startswith(path + "/")))
 
 
-def api_lost(e: Exception, url: str | None, flow_name: str, left: str) -> TransientFailure | None:
-    """The one-line failure for an httpx error `e` on a request to the API at `url`, saying
-    whether the flow's body had finished (`left`: what it leaves behind); None for any other
-    error (not httpx's, or a request elsewhere), which stays as it was."""
+def api_lost(e: BaseException, url: str | None, flow_name: str, left: str) -> TransientFailure | None:
+    """The one-line failure for a network error `e` (httpx's TransportError: refused, reset,
+    timed out) on a request to the API at `url`, saying whether the flow's body had finished
+    (`left`: what it leaves behind); None for any other error (an HTTP answer of the API, an
+    error not httpx's, a request elsewhere), which stays as it was."""
     import httpx
 
     from pipeline.tracking import error_line
 
-    if not url or not isinstance(e, httpx.HTTPError) or not _to_api(e, url):
+    if not url or not isinstance(e, httpx.TransportError) or not _to_api(e, url):
         return None
     if flow_name in _finished:
         what = f"the flow's work had finished ({left}), but Prefect has not recorded its end (it shows the run as Running)"
@@ -89,17 +117,24 @@ def run_here(flow_obj, *args, left: str):
 
     The process then ends at once (os._exit): Prefect's exit handlers would spend 7 s per
     unsent event failing to reach the API, with an ERROR line each, after the one line. Nothing
-    is cut short: the tasks' outputs are written atomically and their MLflow runs ended."""
+    is cut short: the tasks ran one after another and are over, their outputs written
+    atomically and their MLflow runs ended; only atexit handlers are skipped (Prefect's, whose
+    events cannot be sent). A caller of the flow command's main() in its own process ends too.
+    If the body itself had failed (`watched`), its error is raised instead, as without the API."""
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     _finished.discard(flow_obj.name)
+    _raised.pop(flow_obj.name, None)
     try:
         return flow_obj(*args)
     except Exception as e:
         lost = api_lost(e, url, flow_obj.name, left)
         if lost is None:
             raise
+        own = _raised.get(flow_obj.name)
+        if own is not None and own is not e and api_lost(own, url, flow_obj.name, left) is None:
+            raise own from None  # the body failed of its own: its error (a UserError's one line), not the lost API's
         print(f"error: {redact(str(lost))}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from flows.api import check_api, mark_finished, run_here
+from flows.api import check_api, mark_finished, run_here, watched
 from flows.console import quiet_user_errors
 from flows.dvc_stage import retry_only_transient, retry_transient, run_dvc
 from pipeline.errors import UserError, cli
@@ -135,6 +135,7 @@ def sample(corpus: str, params) -> str:
 
 
 @flow(name="charlm-pipeline", log_prints=True)
+@watched("charlm-pipeline")
 def charlm_pipeline(
     corpus: str = "tinyshakespeare",
     preset: str | None = None,

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.api import check_api, mark_finished, run_here
+from flows.api import check_api, mark_finished, run_here, watched
 from flows.console import quiet_user_errors
 from flows.pipeline_flow import artifact_key
 from pipeline.errors import UserError, cli
@@ -86,6 +86,7 @@ def check(studies: list[str], preset: str | None, params_path: str) -> None:
 
 
 @flow(name="rnn-studies", log_prints=True)
+@watched("rnn-studies")
 def studies_flow(studies: list[str] | None = None, preset: str | None = None, params_path: str = "params.yaml") -> list[str]:
     quiet_user_errors()  # in the process that runs the flow: here, or a worker's
     chosen = list(studies or STUDIES)

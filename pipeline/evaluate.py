@@ -84,8 +84,9 @@ def evaluate(corpus: str, params: Params, models_root: Path = MODELS, metrics_ro
 
 def crown(mlf: dict, params: Params, val_loss: float, meta: dict) -> None:
     """The registered version of this model (if it is one) gets its score, and the alias
-    `champion` if it beats the champion (pipeline/champion.py). A version deleted in the UI is
-    one note; a store that fails now is one line, exit 75, as for the scores."""
+    `champion` goes to the best version scored on the same data (pipeline/champion.py). A
+    version deleted in the UI is one note; a store that fails now is one line, exit 75, as for
+    the scores."""
     import sys
 
     from mlflow.exceptions import MlflowException
@@ -98,7 +99,7 @@ def crown(mlf: dict, params: Params, val_loss: float, meta: dict) -> None:
         return
     uri = tracking.stored_uri(mlf["tracking_uri"], lambda: tracking.tracking_uri(params))
     try:
-        print(champion.promote(uri, *reg, val_loss, champion.data_key(meta)), file=sys.stderr)
+        print(champion.promote(uri, *reg, val_loss, champion.score_key(meta, params.train.eval_batch, params.train.eval_len)), file=sys.stderr)
     except Exception as e:
         if isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST":
             print(f"note: {reg[0]} version {reg[1]} is not in the registry any more; no alias set", file=sys.stderr)

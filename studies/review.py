@@ -207,8 +207,9 @@ def order_line(rows: list[dict]) -> str:
     orders = [tuple(name for _, name in sorted(v)) for v in by_seed.values()]
     mean_order = tuple(r["regime"] for r in sorted(rows, key=lambda r: r["val_loss"]))
     same = sum(o == mean_order for o in orders)
-    return (f"every one of the {len(orders)} seeds ranks the regimes in this order" if same == len(orders)
-            else f"{same} of the {len(orders)} seeds rank the regimes in the order of the means")
+    said = " < ".join(mean_order)
+    return (f"at the budget's end every one of the {len(orders)} seeds ranks the regimes as their means do: {said}" if same == len(orders)
+            else f"at the budget's end {same} of the {len(orders)} seeds rank the regimes as their means do ({said})")
 
 
 def text_line(var: dict) -> str:

@@ -112,6 +112,19 @@ def test_an_api_lost_during_a_run_is_told_apart_from_other_errors():
     assert api.api_lost(ValueError("no"), url, "f", "x") is None
     assert api.api_lost(httpx.ConnectError("no request"), url, "f", "x") is None
     assert api.api_lost(refused(f"{url}/x"), None, "f", "x") is None  # no API set: the run's own server
+    # the same API as httpx normalises its address; an HTTP answer of a live API is no lost API
+    assert api.api_lost(refused("http://localhost:80/api/flow_runs/"), "http://LOCALHOST/api", "f", "x") is not None
+    answered = httpx.HTTPStatusError("409", request=httpx.Request("POST", f"{url}/flow_runs/"), response=httpx.Response(409))
+    assert api.api_lost(answered, url, "f", "x") is None
+    # a body that raised keeps its error for run_here (which reports it, not the lost API's)
+
+    @api.watched("w")
+    def body(n):
+        raise ValueError(n)
+
+    with pytest.raises(ValueError):
+        body(3)
+    assert isinstance(api._raised["w"], ValueError) and body.__wrapped__.__name__ == "body"
 
 
 def test_check_refuses_a_music_corpus_and_a_missing_gpu():

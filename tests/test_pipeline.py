@@ -98,7 +98,7 @@ def test_mlflow_store_holds_the_run(repro):
     # the first scored version is the registry's champion, tagged with its score on the val split
     champ = client.get_model_version_by_alias("charlm-tiny", "champion")
     ev = json.loads((proj / "metrics/tiny/eval.json").read_text())
-    assert str(champ.version) == "1" and champ.tags["eval_val_loss"] == f"{ev['val_loss']:.5f}" and len(champ.tags["data_key"]) == 16
+    assert str(champ.version) == "1" and champ.tags["eval_val_loss"] == f"{ev['val_loss']:.5f}" and len(champ.tags["score_key"]) == 16
 
 
 def test_sample_from_registered_model_and_checkpoint(repro):

@@ -24,12 +24,15 @@ def test_review_text_follows_the_committed_reports(tmp_path):
     assert "the gradient from the far end survives training (a far/near ratio of 0.01 or more) in gru and the task at T = 100 is solved by gru" in page
     assert "additive, so gradients survive" not in page
     # bptt: equal characters, not equal updates; the like-for-like pair
-    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page and "(equal characters) TBPTT(16,16) scores best, 1.665" in page
-    assert "TBPTT(32,32) 1.720 against TBPTT(32,64) 1.707 (1,464 steps each)" in page and "Lightning's whole fit" not in page
+    assert "full BPTT (T=256) 183, TBPTT(16,16) 2,929" in page and "(equal characters) TBPTT(16,16) scores best, 1.676" in page
+    assert ("at the budget's end every one of the 3 seeds ranks the regimes as their means do: TBPTT(16,16) < TBPTT(32,64) < TBPTT(32,32)"
+            in page)  # the order of the means, seed by seed
+    assert ("TBPTT(32,32) 1.738 against TBPTT(32,64) 1.728 (1,464 steps each; TBPTT(32,64) lower in 3 of 3 seeds, "
+            "TBPTT(32,64) - TBPTT(32,32) -0.010 ± 0.003)") in page and "Lightning's whole fit" not in page
     # equal updates: separate runs, one schedule; longer windows learn more per update, full BPTT most
     assert "At equal updates (runs of 183 steps each, with the same warmup and schedule" in page
-    assert "best first: full BPTT (T=256) 2.149, TBPTT(128,128) 2.173, TBPTT(64,64) 2.204" in page
-    assert "full BPTT gets 2.153 (state carried: 2.149)" in page
+    assert "best first: full BPTT (T=256) 2.166, TBPTT(128,128) 2.197, TBPTT(64,64) 2.227" in page
+    assert "full BPTT gets 2.170 (state carried: 2.166)" in page
     # Chung at equal parameters beside the equal-width search
     assert "At equal parameters, as Chung et al. compared them (stage `variants_chung`)" in page
     assert "LSTM (V): best 8.514 vs 8.67; GRU (GRU): best 8.584 vs 8.54; tanh RNN (RNN): best 8.608 vs 9.10" in page

@@ -64,10 +64,11 @@ def test_git_dirty_means_the_code_not_the_pipelines_outputs(tmp_path, monkeypatc
         git("checkout", "--", f)
 
 
-def test_champion_moves_to_the_best_version_on_the_same_data(tmp_path, capsys):
-    """pipeline/champion.py on a real sqlite store: the first scored version takes the alias; a
-    worse one or a tie leaves it; a better one takes it; a version scored on other data takes
-    it (the old loss is not comparable); a rerun of the champion keeps it."""
+def test_champion_is_the_best_version_scored_on_the_same_data(tmp_path, capsys):
+    """pipeline/champion.py on a real sqlite store: the alias goes to the lowest eval_val_loss
+    among the versions scored on the same data by the same streams (a tie keeps the holder);
+    a version scored on other data is compared with those only, and once the data is back the
+    best earlier version on it takes the alias again, not merely the newest."""
     from pipeline import champion
     from pipeline.evaluate import crown
 
@@ -76,28 +77,33 @@ def test_champion_moves_to_the_best_version_on_the_same_data(tmp_path, capsys):
     client.create_registered_model("charlm-t")
     for _ in range(6):
         client.create_model_version("charlm-t", source=str(tmp_path))
+    params = load_params(ROOT / "params.yaml", {"tracking.uri": uri})
     meta = {"corpus_sha256": "a" * 64, "level": "char", "vocab_size": 65, "splits": {"train": 90, "val": 10, "test": 0}}
-    same, other = champion.data_key(meta), champion.data_key({**meta, "splits": {"train": 80, "val": 20, "test": 0}})
-    assert same == champion.data_key(dict(reversed(list(meta.items())))) and same != other
-    assert champion.data_key({**meta, "vocab_size": 66}) != same and champion.data_key({**meta, "level": "word"}) != same
+    same = champion.score_key(meta, params.train.eval_batch, params.train.eval_len)
+    other = champion.score_key({**meta, "splits": {"train": 80, "val": 20, "test": 0}}, params.train.eval_batch, params.train.eval_len)
+    assert same == champion.score_key(dict(reversed(list(meta.items()))), params.train.eval_batch, params.train.eval_len) and same != other
+    for changed in ({**meta, "vocab_size": 66}, {**meta, "level": "word"}, {**meta, "corpus_sha256": "b" * 64}):
+        assert champion.score_key(changed, params.train.eval_batch, params.train.eval_len) != same
+    assert champion.score_key(meta, 64, params.train.eval_len) != same and champion.score_key(meta, params.train.eval_batch, 128) != same
 
     def holder():
         return str(client.get_model_version_by_alias("charlm-t", "champion").version)
 
-    steps = [("1", 0.9, same, "1", "the first scored"), ("2", 1.0, same, "1", "does not beat"), ("3", 0.8, same, "3", "beats version 1"),
-             ("3", 0.8, same, "3", "stays"), ("4", 1.5, other, "4", "other data"), ("5", 0.5, other, "5", "beats version 4"),
-             ("6", 0.5, other, "5", "does not beat")]
+    steps = [("1", 0.9, same, "1", "set -> version 1"), ("2", 1.0, same, "1", "stays on version 1"),
+             ("3", 0.8, same, "3", "from version 1 -> version 3"), ("3", 0.8, same, "3", "stays on version 3"),
+             ("4", 1.5, other, "4", "from version 3 -> version 4 (1.5000, the best of 1 version scored"),
+             ("5", 0.85, same, "3", "from version 4 -> version 3 (0.8000, the best of 4 versions"),
+             ("6", 0.8, same, "3", "stays on version 3")]
     for version, loss, key, expect, said in steps:
         line = champion.promote(uri, "charlm-t", version, loss, key)
         assert holder() == expect and said in line, (version, line)
     tags = client.get_model_version("charlm-t", "2").tags
-    assert tags["eval_val_loss"] == "1.00000" and tags["data_key"] == same
+    assert tags["eval_val_loss"] == "1.00000" and tags["score_key"] == same
     # evaluate's step: run.json's "registered" read, a version deleted in the UI one note
     assert champion.registered_version({"registered": "charlm-t version 12"}) == ("charlm-t", "12")
     assert champion.registered_version({"registered": None}) is None and champion.registered_version({}) is None
-    params = load_params(ROOT / "params.yaml", {"tracking.uri": uri})
-    client.delete_model_version("charlm-t", "5")
-    crown({"tracking_uri": uri, "registered": "charlm-t version 5"}, params, 0.1, meta)
-    assert "charlm-t version 5 is not in the registry any more" in capsys.readouterr().err
-    crown({"tracking_uri": uri, "registered": "charlm-t version 6"}, params, 0.7, meta)  # the alias went with version 5
-    assert holder() == "6" and "is now @champion" in capsys.readouterr().err
+    client.delete_model_version("charlm-t", "3")
+    crown({"tracking_uri": uri, "registered": "charlm-t version 3"}, params, 0.1, meta)
+    assert "charlm-t version 3 is not in the registry any more" in capsys.readouterr().err
+    crown({"tracking_uri": uri, "registered": "charlm-t version 6"}, params, 0.8, meta)  # the alias went with version 3
+    assert holder() == "6" and "set -> version 6" in capsys.readouterr().err
