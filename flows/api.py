@@ -45,29 +45,34 @@ _finished: set[str] = set()
 _raised: dict[str, BaseException] = {}
 
 
-def mark_finished(flow_name: str) -> None:
+def _flow_name() -> str:
+    """The name of the flow whose body is running (Prefect's run context)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.flow.name if ctx else ""
+
+
+def mark_finished() -> None:
     """Called in a flow's body once its own work is done: what follows only publishes to
     Prefect (artifacts, the final state), which a lost API stops."""
-    _finished.add(flow_name)
+    _finished.add(_flow_name())
 
 
-def watched(flow_name: str):
+def watched(fn):
     """Decorator of a flow's body (under @flow): keeps the exception the body raised, if any,
     for run_here. When the body fails and the API is gone too, Prefect's attempt to record
     the failure raises httpx's error in its place; run_here then reports the body's own."""
 
-    def wrap(fn):
-        @functools.wraps(fn)
-        def body(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except BaseException as e:
-                _raised[flow_name] = e
-                raise
+    @functools.wraps(fn)
+    def body(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            _raised[_flow_name()] = e
+            raise
 
-        return body
-
-    return wrap
+    return body
 
 
 def _to_api(e: Exception, url: str) -> bool:

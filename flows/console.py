@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import httpx
+
 from pipeline.errors import UserError
 
 
@@ -19,9 +21,7 @@ class DropUserErrorTracebacks(logging.Filter):
     error (httpx's TransportError: the Prefect API lost during a run, which the command then
     reports in one line; 60 lines of httpx's frames say no more than the record's message)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        import httpx
-
+    def filter(self, record: logging.LogRecord) -> bool:  # every log record passes here
         if record.exc_info and isinstance(record.exc_info[1], (UserError, httpx.TransportError)):
             record.exc_info, record.exc_text = None, None
         return True

@@ -135,7 +135,7 @@ def sample(corpus: str, params) -> str:
 
 
 @flow(name="charlm-pipeline", log_prints=True)
-@watched("charlm-pipeline")
+@watched
 def charlm_pipeline(
     corpus: str = "tinyshakespeare",
     preset: str | None = None,
@@ -155,7 +155,7 @@ def charlm_pipeline(
     summary = train(corpus, params)
     metrics = evaluate(corpus, params)
     text = sample(corpus, params)
-    mark_finished("charlm-pipeline")  # what follows only publishes to Prefect
+    mark_finished()  # what follows only publishes to Prefect
     logger.info("val_loss %.4f nats/token after %d steps", metrics["val_loss"], summary["steps"])
     rows = [{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float))]
     rows.append({"metric": "best_val_loss (training)", "value": summary["best_val_loss"]})

@@ -86,7 +86,7 @@ def check(studies: list[str], preset: str | None, params_path: str) -> None:
 
 
 @flow(name="rnn-studies", log_prints=True)
-@watched("rnn-studies")
+@watched
 def studies_flow(studies: list[str] | None = None, preset: str | None = None, params_path: str = "params.yaml") -> list[str]:
     quiet_user_errors()  # in the process that runs the flow: here, or a worker's
     chosen = list(studies or STUDIES)
@@ -95,7 +95,7 @@ def studies_flow(studies: list[str] | None = None, preset: str | None = None, pa
         run_study(name, preset, params_path)
     if set(chosen) == set(STUDIES) or all((Path("reports") / SPECS[s][2] / "result.json").is_file() for s in STUDIES):
         review()
-    mark_finished("rnn-studies")
+    mark_finished()
     return chosen
 
 

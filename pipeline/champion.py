@@ -54,11 +54,12 @@ def promote(uri: str, name: str, version: str, val_loss: float, key: str) -> str
     client = mlflow.MlflowClient(uri)
     client.set_model_version_tag(name, version, "eval_val_loss", f"{val_loss:.5f}")
     client.set_model_version_tag(name, version, "score_key", key)
+    if math.isnan(val_loss):  # a diverged model is tagged, and competes with no one
+        return f"{name} version {version}: val_loss is NaN; @{ALIAS} left as it was"
     holder = client.get_registered_model(name).aliases.get(ALIAS)
     holder = str(holder) if holder is not None else None
     scored = {str(v.version): _loss(v) for v in client.search_model_versions(f"name='{name}'") if v.tags.get("score_key") == key}
     scored = {v: loss for v, loss in scored.items() if not math.isnan(loss)}
-    scored.setdefault(str(version), round(val_loss, 5))  # a store slow to show the new tags
     best = min(scored.values())
     tied = sorted((v for v, loss in scored.items() if loss == best), key=int)
     target = holder if holder in tied else tied[0]

@@ -92,7 +92,6 @@ def crown(mlf: dict, params: Params, val_loss: float, meta: dict) -> None:
     from mlflow.exceptions import MlflowException
 
     from pipeline import champion, tracking
-    from pipeline.errors import TransientFailure
 
     reg = champion.registered_version(mlf)
     if reg is None:
@@ -104,10 +103,7 @@ def crown(mlf: dict, params: Params, val_loss: float, meta: dict) -> None:
         if isinstance(e, MlflowException) and e.error_code == "RESOURCE_DOES_NOT_EXIST":
             print(f"note: {reg[0]} version {reg[1]} is not in the registry any more; no alias set", file=sys.stderr)
             return
-        if not tracking.is_store_error(e):
-            raise
-        raise TransientFailure(f"MLflow at {tracking.hide_password(uri)} refused the model version's tags ({tracking.error_line(e)}); "
-                               "the output is written, rerun the stage when the store is back") from None
+        raise tracking.refused(uri, e, "the model version's tags") from None
 
 
 @cli

@@ -450,11 +450,18 @@ def add_to_run(mlf: dict, files: list[Path], metrics: dict | None = None, step: 
             new = {}
         log_artifacts(uri, run_id, files, new, step, tags)  # tags, not params: a rerun with other settings may overwrite them
     except Exception as e:
-        if not is_store_error(e):
-            raise
-        raise TransientFailure(f"MLflow at {hide_password(uri)} refused the logging ({error_line(e)}); the output is written, "
-                               "rerun the stage when the store is back, or set tracking.enabled: false") from None
+        raise refused(uri, e, "the logging") from None
     return True
+
+
+def refused(uri: str, e: Exception, what: str) -> Exception:
+    """What a later stage raises when the store fails it after its output is written: for a
+    store's error (is_store_error), one line and exit 75 (a rerun logs it); any other error as
+    it was."""
+    if not is_store_error(e):
+        return e
+    return TransientFailure(f"MLflow at {hide_password(uri)} refused {what} ({error_line(e)}); the output is written, "
+                            "rerun the stage when the store is back, or set tracking.enabled: false")
 
 
 def same_value(logged, value) -> bool:
