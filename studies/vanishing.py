@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,13 @@ class VanishingParams:
     batch: int = 64
     lr: float = 3e-3
     seed: int = 0
+    repeats: int = 1  # seeds seed, seed + 1, ...: every (cell, T) trained once from each
     test_sequences: int = 2000
     workers: int = 0  # parallel trainings; 0: one per CPU core
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.repeats)]
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
@@ -68,65 +74,146 @@ class VanishingParams:
         if any(T < 4 for T in self.lengths):
             raise UserError(f"{PARAMS}: {path}.lengths: every T must be >= 4, got {list(self.lengths)}; raise the short ones")
         distinct(self, path, ("cells", "lengths"))
-        at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences"))
+        at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences", "repeats"))
         above_zero(self, path, ("lr",))
         at_least(self, path, ("workers",), low=0)  # 0: one per CPU core
 
 
-def _train_one(cell: str, H: int, T: int, hp: VanishingParams):
+def _train_one(cell: str, H: int, T: int, seed: int, hp: VanishingParams):
     """One adding-problem training in a worker process (one CPU thread)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     t = time.perf_counter()
-    model = train_adding(cell, H, T, hp.steps, hp.batch, hp.lr, hp.seed)
+    model = train_adding(cell, H, T, hp.steps, hp.batch, hp.lr, seed)
     secs = time.perf_counter() - t
     result = test_adding(model, T, hp.test_sequences), secs, model.state_dict()
     torch.set_num_threads(threads)
     return result
 
 
+def _jobs(hp: VanishingParams, budget: int) -> list[tuple[str, int, int, int]]:
+    """(cell, hidden, T, seed) for every training, the longest sequences first so that the
+    slowest trainings start first and the pool's workers finish together."""
+    return [(cell, hidden_for(cell, budget), T, seed) for T in sorted(hp.lengths, reverse=True) for seed in hp.seeds for cell in hp.cells]
+
+
+def _summary(runs: list[dict], hp: VanishingParams) -> list[dict]:
+    """One row per (T, cell): the mean over the seeds of the test MSE, the share solved and the
+    training time; the share's sample standard deviation when there are several seeds; how many
+    seeds solved the task (accuracy > 0.95)."""
+    rows = []
+    for T in hp.lengths:
+        for cell in hp.cells:
+            rs = [r for r in runs if r["T"] == T and r["cell"] == cell]
+            acc = [r["accuracy"] for r in rs]
+            row = {"T": T, "cell": cell, "hidden": rs[0]["hidden"], "params": rs[0]["params"], "steps": hp.steps,
+                   "test_mse": statistics.fmean(r["test_mse"] for r in rs), "accuracy": round(statistics.fmean(acc), 4)}
+            if len(rs) > 1:
+                row["accuracy_sd"] = round(statistics.stdev(acc), 4)
+            row |= {"seeds solved (acc > 0.95)": sum(r["solved"] for r in rs), "seeds": len(rs),
+                    "train_s": round(statistics.fmean(r["train_s"] for r in rs), 1)}
+            rows.append(row)
+    return rows
+
+
+def _gradients(hp: VanishingParams, budget: int, T: int, models: dict) -> pd.DataFrame:
+    """||dL_T/dx_t|| against the lag at the longest T, for each cell and seed: the weights the
+    training started from (the same seed's initialisation) and the trained ones."""
+    import torch
+
+    rows = []
+    for cell in hp.cells:
+        H = hidden_for(cell, budget)
+        for seed in hp.seeds:
+            torch.manual_seed(seed)  # train_adding's first draw: the very weights that seed's training started from
+            for state, model in (("init", Regressor(cell, H)), ("trained", models[(cell, T, seed)])):
+                g = gradient_by_lag(model, T)
+                rows += [{"cell": cell, "seed": seed, "weights": state, "lag": T - 1 - t, "grad_norm": float(g[t])} for t in range(T)]
+    return pd.DataFrame(rows)
+
+
+def _ratios(grads: pd.DataFrame, T: int, runs: list[dict], hp: VanishingParams) -> list[dict]:
+    """Per trained model at the longest T: the mean gradient over the far end (the last 10% of
+    lags) over that of the near end (the first 10%), beside whether that model solved the task."""
+    trained = grads[grads.weights == "trained"]
+    far = trained[trained.lag >= int(0.9 * T)].groupby(["cell", "seed"])["grad_norm"].mean()
+    near = trained[trained.lag < max(1, T // 10)].groupby(["cell", "seed"])["grad_norm"].mean()
+    solved = {(r["cell"], r["seed"]): r for r in runs if r["T"] == T}
+    return [{"cell": cell, "seed": seed, "accuracy": solved[(cell, seed)]["accuracy"], "solved": solved[(cell, seed)]["solved"],
+             "far_to_near": float(far[(cell, seed)] / near[(cell, seed)])} for cell in hp.cells for seed in hp.seeds]
+
+
+def _plots(out: Path, grads: pd.DataFrame, table: pd.DataFrame, runs: list[dict], T: int) -> None:
+    plt = pyplot()
+    colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (cell, state), d in grads.groupby(["cell", "weights"]):
+        for i, (_, s) in enumerate(d.groupby("seed")):  # one line per seed, one legend entry per cell and state
+            ax.semilogy(s["lag"], s["grad_norm"].clip(lower=1e-30), "--" if state == "init" else "-", color=colors.get(cell),
+                        alpha=0.8 if state == "trained" else 0.45, lw=1.2, label=f"{cell} ({state})" if i == 0 else None)
+    ax.set_xlabel("lag T - t (steps between input x_t and the loss at T)")
+    ax.set_ylabel("mean ||dL_T / dx_t||")
+    seeds = grads["seed"].nunique()
+    ax.set_title(f"How far back the gradient reaches (adding problem, T = {T})" + (f", {seeds} seeds" if seeds > 1 else ""))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save_png(fig, out / "gradient_lag.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for cell, d in table.groupby("cell", sort=False):
+        ax.errorbar(d["T"], d["accuracy"], yerr=d.get("accuracy_sd"), fmt="o-", capsize=3, color=colors.get(cell), label=cell)
+        each = [r for r in runs if r["cell"] == cell]
+        if len(each) > len(d):  # several seeds: each run as a small dot
+            ax.plot([r["T"] for r in each], [r["accuracy"] for r in each], ".", ms=4, alpha=0.5, color=colors.get(cell))
+    ax.axhline(CHANCE_ACCURACY, color="gray", ls=":", lw=1, label=f"constant 0.5 ({CHANCE_ACCURACY:.1%})")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel(f"test sequences solved (|err| < {SOLVED})")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Adding problem, equal parameters and budget" + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))
+    ax.legend()
+    save_png(fig, out / "adding.png")
+
+
+FILES = ("adding.md", "adding.csv", "adding_seeds.md", "adding_seeds.csv", "gradient_lag.md", "gradient_lag.csv",
+         "gradient_ratio.md", "gradient_ratio.csv", "gradient_lag.png", "adding.png", "result.json")
+
+
 def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     hp = study_params(params, "vanishing", VanishingParams)
     check_report_dir(out_dir)  # before any work
     budget = n_params("lstm", hp.lstm_hidden)
-    jobs = [(cell, hidden_for(cell, budget), T) for T in hp.lengths for cell in hp.cells]
-    rows, models = [], {}
+    jobs = _jobs(hp, budget)
+    runs, models = [], {}
     workers = min(hp.workers or os.cpu_count() or 1, len(jobs))
     with stoppable_pool(workers, "spawn") if workers > 1 else contextlib.nullcontext() as pool:  # Ctrl-C ends the trainings too
-        results = [pool.submit(_train_one, c, H, T, hp) for c, H, T in jobs] if pool else [_train_one(c, H, T, hp) for c, H, T in jobs]
-        for (cell, H, T), res in zip(jobs, results):
+        results = [pool.submit(_train_one, c, H, T, s, hp) for c, H, T, s in jobs] if pool else [_train_one(c, H, T, s, hp) for c, H, T, s in jobs]
+        for (cell, H, T, seed), res in zip(jobs, results):
             m, secs, state = res.result() if pool else res
             model = Regressor(cell, H)
             model.load_state_dict(state)
-            rows.append({"T": T, "cell": cell, "hidden": H, "params": n_params(cell, H), "steps": hp.steps, **m,
-                         "solved (acc > 0.95)": m["accuracy"] > 0.95, "train_s": round(secs, 1)})
-            models[(cell, T)] = model
-            print(f"adding T={T:4d} {cell:5s} H={H:3d}: test MSE {m['test_mse']:.5f}, accuracy {m['accuracy']:.3f} ({secs:.0f} s)", flush=True)
-            log_study(params, "vanishing", f"adding-{cell}-T{T}", {"cell": cell, "T": T, "hidden": H, **vars(hp)}, m, [])
+            m = {**m, "accuracy": round(m["accuracy"], 4)}  # a share of test_sequences, not float32 noise
+            runs.append({"T": T, "cell": cell, "seed": seed, "hidden": H, "params": n_params(cell, H), **m,
+                         "solved": m["accuracy"] > 0.95, "train_s": round(secs, 1)})
+            models[(cell, T, seed)] = model
+            print(f"adding T={T:4d} {cell:5s} H={H:3d} seed {seed}: test MSE {m['test_mse']:.5f}, accuracy {m['accuracy']:.3f} ({secs:.0f} s)",
+                  flush=True)
+            name = f"adding-{cell}-T{T}" + (f"-seed{seed}" if hp.repeats > 1 else "")
+            log_study(params, "vanishing", name, {"cell": cell, "T": T, "hidden": H, **vars(hp), "seed": seed}, m, [])
+    runs.sort(key=lambda r: (hp.lengths.index(r["T"]), r["seed"], hp.cells.index(r["cell"])))
+    rows = _summary(runs, hp)
     table = pd.DataFrame(rows)
 
-    # gradient norm against lag, at the longest T: initial vs trained weights
-    T = max(hp.lengths)
-    grad_rows = []
-    for cell in hp.cells:
-        H = hidden_for(cell, budget)
-        import torch
-
-        torch.manual_seed(hp.seed)
-        for state, model in (("init", Regressor(cell, H)), ("trained", models[(cell, T)])):
-            g = gradient_by_lag(model, T)
-            for t in range(T):
-                grad_rows.append({"cell": cell, "weights": state, "lag": T - 1 - t, "grad_norm": float(g[t])})
-    grads = pd.DataFrame(grad_rows)
-
-    # the gradient that reaches the far end (mean over the last 10% of lags), trained weights
-    far = grads[(grads.weights == "trained") & (grads.lag >= int(0.9 * T))].groupby("cell")["grad_norm"].mean()
-    near = grads[(grads.weights == "trained") & (grads.lag < max(1, T // 10))].groupby("cell")["grad_norm"].mean()
+    T = max(hp.lengths)  # gradient norm against lag at the longest T: initial vs trained weights
+    grads = _gradients(hp, budget, T, models)
+    ratios = _ratios(grads, T, runs, hp)
     result = {
         "adding": rows,
-        "far_to_near_gradient_ratio": {c: float(far[c] / near[c]) for c in far.index},
+        "adding_seeds": runs,
+        "seeds": hp.seeds,
+        "gradient_ratio": ratios,  # each trained model's far/near ratio at T_gradient, beside whether it solved the task
+        "far_to_near_gradient_ratio": {c: statistics.median(r["far_to_near"] for r in ratios if r["cell"] == c) for c in hp.cells},  # median over seeds
         "T_gradient": T,
         "params_budget": budget,
         "solved_below": SOLVED,  # |error| under which a test sequence counts as solved
@@ -136,33 +223,13 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     # fails half-way leaves the last complete report, not some of its files
     with atomic_dir(out_dir) as out:
         write_table(table, out, "adding")
+        write_table(pd.DataFrame(runs).drop(columns=["hidden", "params"]), out, "adding_seeds")
         write_table(grads, out, "gradient_lag", floatfmt=".3e")
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
-        for (cell, state), d in grads.groupby(["cell", "weights"]):
-            ax.semilogy(d["lag"], d["grad_norm"].clip(lower=1e-30), "--" if state == "init" else "-", color=colors.get(cell), label=f"{cell} ({state})")
-        ax.set_xlabel("lag T - t (steps between input x_t and the loss at T)")
-        ax.set_ylabel("mean ||dL_T / dx_t||")
-        ax.set_title(f"How far back the gradient reaches (adding problem, T = {T})")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-        save_png(fig, out / "gradient_lag.png")
-
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for cell, d in table.groupby("cell"):
-            ax.plot(d["T"], d["accuracy"], "o-", color=colors.get(cell), label=cell)
-        ax.axhline(CHANCE_ACCURACY, color="gray", ls=":", lw=1, label=f"constant 0.5 ({CHANCE_ACCURACY:.1%})")
-        ax.set_xlabel("sequence length T")
-        ax.set_ylabel(f"test sequences solved (|err| < {SOLVED})")
-        ax.set_ylim(0, 1.02)
-        ax.set_title("Adding problem, equal parameters and budget")
-        ax.legend()
-        save_png(fig, out / "adding.png")
-
+        write_table(pd.DataFrame(ratios), out, "gradient_ratio", floatfmt=".3g")
+        _plots(out, grads, table, runs, T)
         write_result(out, result)
     log_study(params, "vanishing", "report", hp, {f"far_near_ratio_{c}": v for c, v in result["far_to_near_gradient_ratio"].items()},
-              [out_dir / f for f in ("adding.md", "adding.csv", "gradient_lag.csv", "gradient_lag.png", "adding.png", "result.json")])
+              [out_dir / f for f in FILES])
     return result
 
 
@@ -174,7 +241,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     r = run(load_params(a.params, parse_sets(a.set)))
     print((REPORTS / "vanishing" / "adding.md").read_text())
-    print("far/near gradient ratio after training:", {k: f"{v:.2e}" for k, v in r["far_to_near_gradient_ratio"].items()})
+    print((REPORTS / "vanishing" / "gradient_ratio.md").read_text())
+    print("far/near gradient ratio after training, median over seeds:", {k: f"{v:.2e}" for k, v in r["far_to_near_gradient_ratio"].items()})
 
 
 if __name__ == "__main__":

@@ -41,18 +41,41 @@ def test_hello_spells_hello_with_three_neurons(tmp_path):
 
 def test_vanishing_tiny(tmp_path):
     from studies import vanishing
+    from studies.adding import Regressor, test_adding, train_adding
 
     p = params_for(tmp_path, **{"studies.vanishing.lengths": [8, 12], "studies.vanishing.steps": 20, "studies.vanishing.test_sequences": 500,
-                               "studies.vanishing.workers": 1})
+                               "studies.vanishing.workers": 1, "studies.vanishing.repeats": 2, "studies.vanishing.seed": 5})
     r = vanishing.run(p, tmp_path / "v")
     t = pd.read_csv(tmp_path / "v/adding.csv")
-    assert len(t) == 6 and set(t.cell) == {"rnn", "lstm", "gru"}
+    assert len(t) == 6 and set(t.cell) == {"rnn", "lstm", "gru"} and (t.seeds == 2).all()
     assert t.params.max() / t.params.min() < 1.15  # the same parameter count, give or take a unit
     assert ((t.accuracy >= 0) & (t.accuracy <= 1)).all() and (t.test_mse > 0).all()
+    # every (cell, T) from seeds 5 and 6; the table is their mean, the solved count theirs
+    each = pd.read_csv(tmp_path / "v/adding_seeds.csv")
+    assert len(each) == 12 and sorted(set(each.seed)) == [5, 6] == r["seeds"]
+    by = each.groupby(["T", "cell"])
+    for row in t.itertuples():
+        runs = by.get_group((row.T, row.cell))
+        assert row.accuracy == pytest.approx(runs.accuracy.mean(), abs=1e-4) and row.accuracy_sd == pytest.approx(runs.accuracy.std(), abs=1e-4)
+        assert getattr(row, "_9") == int((runs.accuracy > 0.95).sum())  # "seeds solved (acc > 0.95)"
+    # a seed's row is that seed's own training, not another's
+    one = each[(each.cell == "rnn") & (each["T"] == 8)].set_index("seed")
+    H = int(t[t.cell == "rnn"].hidden.iloc[0])
+    assert test_adding(train_adding("rnn", H, 8, 20, 64, 3e-3, 6), 8, 500)["accuracy"] == pytest.approx(one.accuracy[6], abs=1e-4)
+    assert one.accuracy[5] != one.accuracy[6] or one.test_mse[5] != one.test_mse[6]
     g = pd.read_csv(tmp_path / "v/gradient_lag.csv")
-    assert len(g) == 3 * 2 * 12 and (g.grad_norm >= 0).all()
-    assert set(r["far_to_near_gradient_ratio"]) == {"rnn", "lstm", "gru"}
+    assert len(g) == 3 * 2 * 2 * 12 and (g.grad_norm >= 0).all()
+    init = g[(g.weights == "init") & (g.cell == "gru")].groupby("seed").grad_norm.apply(list)
+    assert init[5] != init[6]  # each seed's own initial weights
+    H = int(t[t.cell == "gru"].hidden.iloc[0])
+    torch.manual_seed(5)
+    from studies.adding import gradient_by_lag
+    assert init[5] == pytest.approx([float(x) for x in gradient_by_lag(Regressor("gru", H), 12)], rel=1e-5)
+    ratios = pd.read_csv(tmp_path / "v/gradient_ratio.csv")
+    assert len(ratios) == 6 and (ratios.far_to_near > 0).all()
+    assert r["far_to_near_gradient_ratio"]["lstm"] == pytest.approx(ratios[ratios.cell == "lstm"].far_to_near.median())
     assert (tmp_path / "v/gradient_lag.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(q.name for q in (tmp_path / "v").iterdir()) == sorted(vanishing.FILES)
 
 
 def test_adding_problem_data():
