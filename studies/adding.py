@@ -23,6 +23,13 @@ from lightning_modules.cells import FUSED
 from lightning_modules.recurrent import RecurrentStack
 
 SOLVED = 0.04
+# Random streams. A seed s sets a training's initial weights (torch.manual_seed(s)); its batches
+# come from a generator of their own, seeded DATA_STREAM + s; the test set and the gradient
+# probe from fixed seeds above every training's. No two seeds' trainings, and no training and
+# the test set, draw the same numbers (as batches seeded s + 1 did: seed s + 1's weights).
+DATA_STREAM = 1 << 32
+TEST_SEED = (1 << 33) + 12345
+PROBE_SEED = (1 << 33) + 99
 _A = 4 * SOLVED  # |X_a + X_b| below which the constant 0.5 is within SOLVED of the target
 CHANCE_ACCURACY = _A - _A**2 / 4  # P(|X_a + X_b| < a) for X ~ U(-1, 1): 0.1536
 CHANCE_MSE = 1 / 24  # Var(X_a + X_b) / 16
@@ -95,12 +102,20 @@ def hidden_for(cell: str, budget: int) -> int:
     return lo
 
 
-def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: float, seed: int, clip: float = 1.0):
+def initial_model(cell: str, hidden: int, seed: int) -> Regressor:
+    """The weights a training from `seed` starts from (the gradient-at-init curves use them too)."""
     torch.manual_seed(seed)
-    model = Regressor(cell, hidden)
+    return Regressor(cell, hidden)
+
+
+def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: float, seed: int, clip: float = 1.0):
+    """Adam with a cosine schedule down to 0.1 lr and gradient clipping; batches from DATA_STREAM + seed."""
+    if not 0 <= seed < DATA_STREAM:
+        raise ValueError(f"train_adding: seed must be in [0, 2**32), got {seed}")
+    model = initial_model(cell, hidden, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))) * 0.9 + 0.1)
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(DATA_STREAM + seed)
     for _ in range(steps):
         x, y = adding_batch(batch, T, g)
         loss = nn.functional.mse_loss(model(x), y)
@@ -113,7 +128,7 @@ def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: flo
 
 
 @torch.no_grad()
-def test_adding(model: Regressor, T: int, n: int = 2000, seed: int = 12345, batch: int = 500) -> dict:
+def test_adding(model: Regressor, T: int, n: int = 2000, seed: int = TEST_SEED, batch: int = 500) -> dict:
     """Test MSE and the share solved over exactly `n` fresh sequences, drawn in batches of
     `batch` (the last one smaller when `n` is not a multiple)."""
     if n < 1:
@@ -127,7 +142,7 @@ def test_adding(model: Regressor, T: int, n: int = 2000, seed: int = 12345, batc
     return {"test_mse": float((e**2).mean()), "accuracy": float((e.abs() < SOLVED).float().mean())}
 
 
-def gradient_by_lag(model: Regressor, T: int, batches: int = 4, batch: int = 64, seed: int = 99) -> torch.Tensor:
+def gradient_by_lag(model: Regressor, T: int, batches: int = 4, batch: int = 64, seed: int = PROBE_SEED) -> torch.Tensor:
     """Mean over sequences of ||dL_T / dx_t|| for t = 0..T-1, L_T the squared error at the last step."""
     g = torch.Generator().manual_seed(seed)
     total = torch.zeros(T)

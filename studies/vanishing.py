@@ -48,7 +48,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.pools import stoppable_pool
-from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, n_params, test_adding, train_adding
+from studies.adding import CHANCE_ACCURACY, DATA_STREAM, SOLVED, Regressor, gradient_by_lag, hidden_for, initial_model, n_params, test_adding, train_adding
 from studies.common import REPORTS, above_zero, at_least, check_report_dir, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
@@ -85,7 +85,9 @@ class VanishingParams:
         distinct(self, path, ("cells", "lengths"))
         at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences", "repeats"))
         above_zero(self, path, ("lr",))
-        at_least(self, path, ("workers",), low=0)  # 0: one per CPU core
+        at_least(self, path, ("workers",), low=0)  # 0: one per CPU core (a seed below 0 is refused with the other params)
+        if self.seed + self.repeats > DATA_STREAM:
+            raise UserError(f"{PARAMS}: {path}.seed: seeds {self.seed}..{self.seed + self.repeats - 1} reach 2**32; keep seed + repeats <= {DATA_STREAM}")
 
 
 def _train_one(cell: str, H: int, T: int, seed: int, hp: VanishingParams):
@@ -130,28 +132,29 @@ def _summary(runs: list[dict], hp: VanishingParams) -> list[dict]:
 def _gradients(hp: VanishingParams, budget: int, T: int, models: dict) -> pd.DataFrame:
     """||dL_T/dx_t|| against the lag at the longest T, for each cell and seed: the weights the
     training started from (the same seed's initialisation) and the trained ones."""
-    import torch
-
     rows = []
     for cell in hp.cells:
         H = hidden_for(cell, budget)
         for seed in hp.seeds:
-            torch.manual_seed(seed)  # train_adding's first draw: the very weights that seed's training started from
-            for state, model in (("init", Regressor(cell, H)), ("trained", models[(cell, T, seed)])):
+            for state, model in (("init", initial_model(cell, H, seed)), ("trained", models[(cell, T, seed)])):
                 g = gradient_by_lag(model, T)
                 rows += [{"cell": cell, "seed": seed, "weights": state, "lag": T - 1 - t, "grad_norm": float(g[t])} for t in range(T)]
     return pd.DataFrame(rows)
 
 
 def _ratios(grads: pd.DataFrame, T: int, runs: list[dict], hp: VanishingParams) -> list[dict]:
-    """Per trained model at the longest T: the mean gradient over the far end (the last 10% of
-    lags) over that of the near end (the first 10%), beside whether that model solved the task."""
-    trained = grads[grads.weights == "trained"]
-    far = trained[trained.lag >= int(0.9 * T)].groupby(["cell", "seed"])["grad_norm"].mean()
-    near = trained[trained.lag < max(1, T // 10)].groupby(["cell", "seed"])["grad_norm"].mean()
-    solved = {(r["cell"], r["seed"]): r for r in runs if r["T"] == T}
-    return [{"cell": cell, "seed": seed, "accuracy": solved[(cell, seed)]["accuracy"], "solved": solved[(cell, seed)]["solved"],
-             "far_to_near": float(far[(cell, seed)] / near[(cell, seed)])} for cell in hp.cells for seed in hp.seeds]
+    """Per model at the longest T: the mean gradient over the far end (the last 10% of lags) over
+    that of the near end (the first 10%), trained and at its initialisation, beside whether the
+    trained model solved the task."""
+    ratio = {}
+    for state, d in grads.groupby("weights"):
+        far = d[d.lag >= int(0.9 * T)].groupby(["cell", "seed"])["grad_norm"].mean()
+        near = d[d.lag < max(1, T // 10)].groupby(["cell", "seed"])["grad_norm"].mean()
+        ratio[state] = far / near
+    run = {(r["cell"], r["seed"]): r for r in runs if r["T"] == T}
+    return [{"cell": cell, "seed": seed, "accuracy": run[(cell, seed)]["accuracy"], "solved": run[(cell, seed)]["solved"],
+             "far_to_near": float(ratio["trained"][(cell, seed)]), "far_to_near_init": float(ratio["init"][(cell, seed)])}
+            for cell in hp.cells for seed in hp.seeds]
 
 
 def _plots(out: Path, grads: pd.DataFrame, table: pd.DataFrame, runs: list[dict], T: int) -> None:
@@ -170,18 +173,21 @@ def _plots(out: Path, grads: pd.DataFrame, table: pd.DataFrame, runs: list[dict]
     ax.legend(fontsize=8)
     save_png(fig, out / "gradient_lag.png")
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for cell, d in table.groupby("cell", sort=False):
-        ax.errorbar(d["T"], d["accuracy"], yerr=d.get("accuracy_sd"), fmt="o-", capsize=3, color=colors.get(cell), label=cell)
-        each = [r for r in runs if r["cell"] == cell]
-        if len(each) > len(d):  # several seeds: each run as a small dot
-            ax.plot([r["T"] for r in each], [r["accuracy"] for r in each], ".", ms=4, alpha=0.5, color=colors.get(cell))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    cells = list(dict.fromkeys(table["cell"]))
+    step = 0.012 * (table["T"].max() - table["T"].min() or 1)  # the cells side by side at each T, not on top of each other
+    for i, cell in enumerate(cells):
+        d, shift = table[table.cell == cell], (i - (len(cells) - 1) / 2) * step
+        ax.plot(d["T"] + shift, d["accuracy"], "o-", color=colors.get(cell), label=f"{cell} (mean)" if seeds > 1 else cell)
+        if seeds > 1:  # every run as a dot: a mean of 0.7 may be two solved seeds and one at chance
+            each = [r for r in runs if r["cell"] == cell]
+            ax.plot([r["T"] + shift for r in each], [r["accuracy"] for r in each], "x", ms=5, alpha=0.7, color=colors.get(cell))
     ax.axhline(CHANCE_ACCURACY, color="gray", ls=":", lw=1, label=f"constant 0.5 ({CHANCE_ACCURACY:.1%})")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel(f"test sequences solved (|err| < {SOLVED})")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Adding problem, equal parameters and budget" + (f" (mean ± sd, {seeds} seeds)" if seeds > 1 else ""))
-    ax.legend()
+    ax.set_title("Adding problem, equal parameters and budget" + (f" ({seeds} seeds: x each, o mean)" if seeds > 1 else ""))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save_png(fig, out / "adding.png")
 
 
@@ -202,9 +208,10 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
             m, secs, state = res.result() if pool else res
             model = Regressor(cell, H)
             model.load_state_dict(state)
+            solved = m["accuracy"] > 0.95  # before rounding
             m = {**m, "accuracy": round(m["accuracy"], 4)}  # a share of test_sequences, not float32 noise
             runs.append({"T": T, "cell": cell, "seed": seed, "hidden": H, "params": n_params(cell, H), **m,
-                         "solved": m["accuracy"] > 0.95, "train_s": round(secs, 1)})
+                         "solved": solved, "train_s": round(secs, 1)})
             models[(cell, T, seed)] = model
             print(f"adding T={T:4d} {cell:5s} H={H:3d} seed {seed}: test MSE {m['test_mse']:.5f}, accuracy {m['accuracy']:.3f} ({secs:.0f} s)",
                   flush=True)
@@ -222,7 +229,8 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
         "adding_seeds": runs,
         "seeds": hp.seeds,
         "gradient_ratio": ratios,  # each trained model's far/near ratio at T_gradient, beside whether it solved the task
-        "far_to_near_gradient_ratio": {c: statistics.median(r["far_to_near"] for r in ratios if r["cell"] == c) for c in hp.cells},  # median over seeds
+        # the lower median over the seeds: one model's own ratio, also for an even number of seeds
+        "far_to_near_gradient_ratio": {c: statistics.median_low(r["far_to_near"] for r in ratios if r["cell"] == c) for c in hp.cells},
         "T_gradient": T,
         "params_budget": budget,
         "solved_below": SOLVED,  # |error| under which a test sequence counts as solved
@@ -234,7 +242,7 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
         write_table(table, out, "adding")
         write_table(pd.DataFrame(runs).drop(columns=["hidden", "params"]), out, "adding_seeds")
         write_table(grads, out, "gradient_lag", floatfmt=".3e")
-        write_table(pd.DataFrame(ratios), out, "gradient_ratio", floatfmt=".3g")
+        write_table(pd.DataFrame(ratios), out, "gradient_ratio")
         _plots(out, grads, table, runs, T)
         write_result(out, result)
     log_study(params, "vanishing", "report", hp, {f"far_near_ratio_{c}": v for c, v in result["far_to_near_gradient_ratio"].items()},
@@ -251,7 +259,7 @@ def main(argv=None):
     r = run(load_params(a.params, parse_sets(a.set)))
     print((REPORTS / "vanishing" / "adding.md").read_text())
     print((REPORTS / "vanishing" / "gradient_ratio.md").read_text())
-    print("far/near gradient ratio after training, median over seeds:", {k: f"{v:.2e}" for k, v in r["far_to_near_gradient_ratio"].items()})
+    print("far/near gradient ratio after training (the lower median over the seeds):", {k: f"{v:.2e}" for k, v in r["far_to_near_gradient_ratio"].items()})
 
 
 if __name__ == "__main__":

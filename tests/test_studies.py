@@ -41,7 +41,7 @@ def test_hello_spells_hello_with_three_neurons(tmp_path):
 
 def test_vanishing_tiny(tmp_path):
     from studies import vanishing
-    from studies.adding import Regressor, test_adding, train_adding
+    from studies.adding import gradient_by_lag, test_adding, train_adding
 
     p = params_for(tmp_path, **{"studies.vanishing.lengths": [8, 12], "studies.vanishing.steps": 20, "studies.vanishing.test_sequences": 500,
                                "studies.vanishing.workers": 1, "studies.vanishing.repeats": 2, "studies.vanishing.seed": 5})
@@ -66,16 +66,29 @@ def test_vanishing_tiny(tmp_path):
     g = pd.read_csv(tmp_path / "v/gradient_lag.csv")
     assert len(g) == 3 * 2 * 2 * 12 and (g.grad_norm >= 0).all()
     init = g[(g.weights == "init") & (g.cell == "gru")].groupby("seed").grad_norm.apply(list)
-    assert init[5] != init[6]  # each seed's own initial weights
+    assert init[5] != init[6]  # each seed's own initial weights ...
     H = int(t[t.cell == "gru"].hidden.iloc[0])
-    torch.manual_seed(5)
-    from studies.adding import gradient_by_lag
-    assert init[5] == pytest.approx([float(x) for x in gradient_by_lag(Regressor("gru", H), 12)], rel=1e-5)
+    start = train_adding("gru", H, 12, 1, 64, 0.0, 5)  # ... the very weights seed 5's training started from (lr 0: unchanged)
+    assert init[5] == pytest.approx([float(x) for x in gradient_by_lag(start, 12)], rel=1e-5)
     ratios = pd.read_csv(tmp_path / "v/gradient_ratio.csv")
-    assert len(ratios) == 6 and (ratios.far_to_near > 0).all()
-    assert r["far_to_near_gradient_ratio"]["lstm"] == pytest.approx(ratios[ratios.cell == "lstm"].far_to_near.median())
+    assert len(ratios) == 6 and (ratios.far_to_near > 0).all() and (ratios.far_to_near_init > 0).all()
+    lstm = sorted(ratios[ratios.cell == "lstm"].far_to_near)
+    assert r["far_to_near_gradient_ratio"]["lstm"] == pytest.approx(lstm[0])  # the lower median of 2: a model's own ratio, not their mean
     assert (tmp_path / "v/gradient_lag.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(q.name for q in (tmp_path / "v").iterdir()) == sorted(vanishing.FILES)
+
+
+def test_adding_random_streams_are_apart():
+    """A seed's initial weights, its batches, the test set and the gradient probe draw from
+    separate streams: batches seeded s + 1 were seed s + 1's initial weights."""
+    from studies.adding import DATA_STREAM, PROBE_SEED, TEST_SEED, initial_model, train_adding
+
+    assert DATA_STREAM >= 2**32 and min(TEST_SEED, PROBE_SEED) >= 2 * DATA_STREAM  # init seeds < 2**32 <= data seeds < 2**33 <= fixed ones
+    a, b = initial_model("lstm", 4, 3).state_dict(), train_adding("lstm", 4, 6, 1, 8, 0.0, 3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the training's weights are its initial ones
+    assert not torch.equal(initial_model("lstm", 4, 4).rnn.rnn.weight_hh_l0, a["rnn.rnn.weight_hh_l0"])
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+        train_adding("rnn", 4, 6, 1, 8, 1e-3, DATA_STREAM)
 
 
 def test_adding_problem_data():

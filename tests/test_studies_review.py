@@ -40,3 +40,33 @@ def test_review_text_follows_the_committed_reports(tmp_path):
     assert "early-training numbers (146 optimizer steps per trial)" in page and "text: GRU best" not in page
     # Chung: equal width, with the parameter counts of the committed trials
     assert "V 13,120 / 20,998 / 44,125" in page and "GRU 24,833, RNN 11,211, V 41,308" in page
+
+
+def test_review_reads_a_one_seed_vanishing_run_and_refuses_one_from_before_the_seeds(tmp_path):
+    import pytest
+
+    from pipeline.errors import UserError
+    from studies import review
+
+    van = json.loads((ROOT / "reports/vanishing/result.json").read_text())
+    one = {**van, "seeds": [1], "adding_seeds": [r for r in van["adding_seeds"] if r["seed"] == 1],
+           "gradient_ratio": [r for r in van["gradient_ratio"] if r["seed"] == 1],
+           "adding": [{**r, "seeds": 1, "seeds solved (acc > 0.95)": int(any(q["solved"] for q in van["adding_seeds"]
+                                                                              if q["seed"] == 1 and q["T"] == r["T"] and q["cell"] == r["cell"]))}
+                      for r in van["adding"]]}
+    line = review.adding_line(one)
+    assert "each cell trained from 1 seed, the task" in line and "seeds," not in line
+    for r in one["adding_seeds"]:
+        if r["T"] == 100:
+            assert f"{r['cell']} in {int(r['solved'])} of 1 (accuracy {r['accuracy']:.3f})" in line
+    g = review.gradient_line(one)
+    assert "the task at T = 100 is solved by" in g and g.count("seed ") >= 1 and "seeds " not in g
+    # a report from before the seeds: one line that says what to rerun, not a KeyError
+    rep = tmp_path / "reports"
+    (rep / "vanishing").mkdir(parents=True)
+    old = {k: v for k, v in van.items() if k not in ("adding_seeds", "gradient_ratio", "seeds")}
+    (rep / "vanishing/result.json").write_text(json.dumps(old))
+    (rep / "hello").mkdir()
+    (rep / "hello/result.json").write_text((ROOT / "reports/hello/result.json").read_text())
+    with pytest.raises(UserError, match=r"vanishing/result.json: written before the study ran from several seeds.*dvc repro studies/dvc.yaml:vanishing"):
+        review.render(rep)
