@@ -180,12 +180,16 @@ def gradient_line(van: dict) -> str:
     solved = [r for r in each if r["solved"]]
     both = sum(r["solved"] for r in high)
     init = max(r["far_to_near_init"] for r in each)
+    partly = [r for r in high if not r["solved"] and r["accuracy"] > 2 * van["chance_accuracy"]]  # above chance, below 0.95
+    named = ", ".join(f"{r['cell']} seed {r['seed']} at accuracy {r['accuracy']:.3f}" for r in partly)
+    part = (f" ({named}: not solved but well above"
+            " the constant guess, the task partly learned)") if partly else ""
     return (f"Model by model (`reports/vanishing/gradient_ratio.md`), the far/near ratio after training is 0.01 or more in {_models(high)}"
             f" (at initialisation it is at most {init:.0e} in every model), and the task at T = {T} is solved by {_models(solved)}:"
-            f" {both} of the {len(high)} models at 0.01 or more and {len(solved) - both} of the {len(each) - len(high)} below it solved"
-            " the task. A ratio describes gradient flow only for a model that solved the task: one that did not has learned to ignore"
-            " the early inputs, and the marks fall in the first half only, so a solver learns to ignore the near end, which raises its"
-            " ratio; the ratio mixes what the task asks for with how far the gradient travels.")
+            f" {both} of the {len(high)} models at 0.01 or more{part} and {len(solved) - both} of the {len(each) - len(high)} below it"
+            " solved the task. A ratio describes gradient flow only for a model that learned the task: one left at the constant"
+            " guess's accuracy has learned to ignore the early inputs, and the marks fall in the first half only, so a solver learns"
+            " to ignore the near end, which raises its ratio; the ratio mixes what the task asks for with how far the gradient travels.")
 
 
 def bptt_line(b: dict) -> str:
