@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,13 +24,23 @@ from lightning_modules.cells import FUSED
 from lightning_modules.recurrent import RecurrentStack
 
 SOLVED = 0.04
-# Random streams. A seed s sets a training's initial weights (torch.manual_seed(s)); its batches
-# come from a generator of their own, seeded DATA_STREAM + s; the test set and the gradient
-# probe from fixed seeds above every training's. No two seeds' trainings, and no training and
-# the test set, draw the same numbers (as batches seeded s + 1 did: seed s + 1's weights).
-DATA_STREAM = 1 << 32
-TEST_SEED = (1 << 33) + 12345
-PROBE_SEED = (1 << 33) + 99
+# Random streams. torch's CPU generator keeps only the low 32 bits of a seed (2**32 + s draws what
+# s draws), and seeds s and s + 1 used for two purposes (weights, batches) share numbers. So each
+# use of a run's seed gets a 32-bit seed of its own from numpy's SeedSequence, a hash of
+# (seed, use): a training's initial weights, its batches, the test set and the gradient probe
+# draw numbers no other seed or use draws (but by a 1-in-2**32 chance).
+WEIGHTS, BATCHES, TEST, PROBE = range(4)
+
+
+def stream(seed: int, use: int) -> int:
+    """The 32-bit seed for one use (WEIGHTS, BATCHES, TEST, PROBE) of a run's seed (>= 0)."""
+    if seed < 0:
+        raise ValueError(f"adding: seed must be >= 0, got {seed}")
+    return int(np.random.SeedSequence([seed, use]).generate_state(1)[0])
+
+
+TEST_SEED = stream(0, TEST)
+PROBE_SEED = stream(0, PROBE)
 _A = 4 * SOLVED  # |X_a + X_b| below which the constant 0.5 is within SOLVED of the target
 CHANCE_ACCURACY = _A - _A**2 / 4  # P(|X_a + X_b| < a) for X ~ U(-1, 1): 0.1536
 CHANCE_MSE = 1 / 24  # Var(X_a + X_b) / 16
@@ -104,18 +115,17 @@ def hidden_for(cell: str, budget: int) -> int:
 
 def initial_model(cell: str, hidden: int, seed: int) -> Regressor:
     """The weights a training from `seed` starts from (the gradient-at-init curves use them too)."""
-    torch.manual_seed(seed)
+    torch.manual_seed(stream(seed, WEIGHTS))
     return Regressor(cell, hidden)
 
 
 def train_adding(cell: str, hidden: int, T: int, steps: int, batch: int, lr: float, seed: int, clip: float = 1.0):
-    """Adam with a cosine schedule down to 0.1 lr and gradient clipping; batches from DATA_STREAM + seed."""
-    if not 0 <= seed < DATA_STREAM:
-        raise ValueError(f"train_adding: seed must be in [0, 2**32), got {seed}")
+    """Adam with a cosine schedule down to 0.1 lr and gradient clipping; weights and batches
+    from streams of their own (`stream`)."""
     model = initial_model(cell, hidden, seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))) * 0.9 + 0.1)
-    g = torch.Generator().manual_seed(DATA_STREAM + seed)
+    g = torch.Generator().manual_seed(stream(seed, BATCHES))
     for _ in range(steps):
         x, y = adding_batch(batch, T, g)
         loss = nn.functional.mse_loss(model(x), y)

@@ -51,7 +51,7 @@ from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.pools import stoppable_pool
-from studies.adding import CHANCE_ACCURACY, DATA_STREAM, SOLVED, Regressor, gradient_by_lag, hidden_for, initial_model, n_params, test_adding, train_adding
+from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, initial_model, n_params, test_adding, train_adding
 from studies.common import REPORTS, above_zero, at_least, check_report_dir, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
@@ -89,8 +89,6 @@ class VanishingParams:
         at_least(self, path, ("steps", "batch", "lstm_hidden", "test_sequences", "repeats"))
         above_zero(self, path, ("lr",))
         at_least(self, path, ("workers",), low=0)  # 0: one per CPU core (a seed below 0 is refused with the other params)
-        if self.seed + self.repeats > DATA_STREAM:
-            raise UserError(f"{PARAMS}: {path}.seed: seeds {self.seed}..{self.seed + self.repeats - 1} reach 2**32; keep seed + repeats <= {DATA_STREAM}")
 
 
 def _train_one(cell: str, H: int, T: int, seed: int, hp: VanishingParams):

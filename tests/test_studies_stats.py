@@ -80,12 +80,12 @@ def test_adding_chance_level_is_derived_and_matches_a_draw():
 def test_adding_test_uses_exactly_n_sequences():
     import torch
 
-    from studies.adding import Regressor, adding_batch, test_adding
+    from studies.adding import TEST_SEED, Regressor, adding_batch, test_adding
 
     torch.manual_seed(0)
     model = Regressor("gru", 4)
 
-    def by_hand(sizes, T=6, seed=12345):
+    def by_hand(sizes, T=6, seed=TEST_SEED):
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             e = torch.cat([model(x) - y for x, y in (adding_batch(b, T, g) for b in sizes)])
