@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -141,13 +142,20 @@ def _models(runs: list[dict]) -> str:
     return "; ".join(parts) or "no model"
 
 
+_VANISHING_KEYS = ("adding", "adding_seeds", "gradient_ratio", "seeds", "T_gradient", "solved_below", "chance_accuracy")
+
+
 def _vanishing(reports: Path) -> dict:
-    """reports/vanishing/result.json, refused in one line when a run from before the seeds wrote it."""
+    """reports/vanishing/result.json, refused in one line when an earlier version of the study wrote it."""
     van = _json(reports / "vanishing/result.json")
-    if "gradient_ratio" not in van or "adding_seeds" not in van:
-        raise UserError(f"{reports / 'vanishing/result.json'}: written before the study ran from several seeds (no per-model results);"
-                        " rerun it: dvc repro studies/dvc.yaml:vanishing")
+    if any(k not in van for k in _VANISHING_KEYS) or any("far_to_near_init" not in r for r in van["gradient_ratio"]):
+        raise UserError(f"{reports / 'vanishing/result.json'}: written by an earlier version of the study (no per-seed results or"
+                        " no ratios at initialisation); rerun it: dvc repro studies/dvc.yaml:vanishing")
     return van
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def adding_line(van: dict) -> str:
@@ -159,35 +167,50 @@ def adding_line(van: dict) -> str:
     n = last[0]["seeds"]
 
     def cell(r):
-        acc = ", ".join(f"{q['accuracy']:.3f}" for q in van["adding_seeds"] if q["T"] == T and q["cell"] == r["cell"])
-        return f"{r['cell']} in {r['seeds solved (acc > 0.95)']} of {r['seeds']} (accuracy {acc})"
+        acc = ", ".join(f"{q['accuracy']:.4f}" for q in van["adding_seeds"] if q["T"] == T and q["cell"] == r["cell"])
+        return f"in {r['seeds solved (acc > 0.95)']} of {r['seeds']} by {r['cell']} (accuracy {acc})"
 
     a = 4 * van["solved_below"]
-    chance = (f"A constant guess of 0.5 solves {van['chance_accuracy']:.4f} of the sequences (those with"
-              f" |X_a + X_b| < {a:.2f}, probability a - a^2/4 for a = {a:.2f}; its MSE is 1/24 = 0.0417; the dotted line). ")
-    return (chance + f"At T = {T}, each cell trained from {n} seed{'s' if n > 1 else ''}, the task (accuracy above 0.95) was solved"
-            f" by {', '.join(cell(r) for r in last)}. A failure says that this size and budget were not enough here, not that the"
-            " cell cannot learn the task.")
+    chance = (f"A constant guess of 0.5 solves {van['chance_accuracy']:.4f} of the sequences (the dotted line: those with"
+              f" |X_a + X_b| < {a:.2f}, probability a - a^2/4 for a = {a:.2f}; its MSE is 1/24 = 0.0417). ")
+    failed = any(r["seeds solved (acc > 0.95)"] < r["seeds"] for r in last)
+    return (chance + f"At T = {T}, each cell trained from {_plural(n, 'seed')}, the task (accuracy above 0.95) was solved"
+            f" {', '.join(cell(r) for r in last)}."
+            + (" A failure says that this size and budget were not enough here, not that the cell cannot learn the task." if failed else ""))
+
+
+def _below(x: float) -> str:
+    """The smallest power of ten above x (> 0), for 'below 1e-06': never x or less, as rounding x may give."""
+    return f"{10.0 ** (math.floor(math.log10(x)) + 1):.0e}"
 
 
 def gradient_line(van: dict) -> str:
     """How to read the far/near ratios: model by model, beside whether that model solved the task
-    and against the ratio at initialisation; only a model that solved the task says something
+    and against the ratio at initialisation; only a model that learned the task says something
     about gradient flow."""
     T = van["T_gradient"]
     each = van["gradient_ratio"]
-    high = [r for r in each if r["far_to_near"] >= 1e-2]
+    high = [r for r in each if r["far_to_near"] >= 1e-2]  # a NaN ratio (no near-end gradient) is not high
+    low = [r for r in each if r not in high]
     solved = [r for r in each if r["solved"]]
     both = sum(r["solved"] for r in high)
-    init = max(r["far_to_near_init"] for r in each)
+    inits = [r["far_to_near_init"] for r in each if math.isfinite(r["far_to_near_init"])]
+    if len(inits) < len(each):
+        init = "at initialisation it is undefined in some model, whose near-end gradient is zero"
+    else:
+        init = f"at initialisation it is below {_below(max(inits))} in every model" if max(inits) > 0 else "at initialisation it is 0 in every model"
     partly = [r for r in high if not r["solved"] and r["accuracy"] > 2 * van["chance_accuracy"]]  # above chance, below 0.95
-    named = ", ".join(f"{r['cell']} seed {r['seed']} at accuracy {r['accuracy']:.3f}" for r in partly)
-    part = (f" ({named}: not solved but well above"
-            " the constant guess, the task partly learned)") if partly else ""
-    return (f"Model by model (`reports/vanishing/gradient_ratio.md`), the far/near ratio after training is 0.01 or more in {_models(high)}"
-            f" (at initialisation it is at most {init:.0e} in every model), and the task at T = {T} is solved by {_models(solved)}:"
-            f" {both} of the {len(high)} models at 0.01 or more{part} and {len(solved) - both} of the {len(each) - len(high)} below it"
-            " solved the task. A ratio describes gradient flow only for a model that learned the task: one left at the constant"
+    named = ", ".join(f"{r['cell']} seed {r['seed']} at accuracy {r['accuracy']:.4f}" for r in partly)
+    part = f" ({named}: not solved but well above the constant guess, the task partly learned)" if partly else ""
+    where = f"is 0.01 or more in {_models(high)}" if high else "reaches 0.01 in no model"
+    counts = []
+    if high:
+        counts.append(f"{both} of the {_plural(len(high), 'model')} at 0.01 or more{part}")
+    if low:
+        counts.append(f"{len(solved) - both} of the {_plural(len(low), 'model')} below it")
+    return (f"Model by model (`reports/vanishing/gradient_ratio.md`), the far/near ratio after training {where} ({init}),"
+            f" and the task at T = {T} is solved by {_models(solved)}: {' and '.join(counts)} solved the task."
+            " A ratio describes gradient flow only for a model that learned the task: one left at the constant"
             " guess's accuracy has learned to ignore the early inputs, and the marks fall in the first half only, so a solver learns"
             " to ignore the near end, which raises its ratio; the ratio mixes what the task asks for with how far the gradient travels.")
 

@@ -43,31 +43,57 @@ def test_review_text_follows_the_committed_reports(tmp_path):
     assert "V 13,120 / 20,998 / 44,125" in page and "GRU 24,833, RNN 11,211, V 41,308" in page
 
 
-def test_review_reads_a_one_seed_vanishing_run_and_refuses_one_from_before_the_seeds(tmp_path):
+def _van(runs: list[tuple[str, int, float, float, float]], T: int = 100) -> dict:
+    """A vanishing result.json from (cell, seed, accuracy, far_to_near, far_to_near_init) at one T."""
+    seeds = sorted({seed for _, seed, *_ in runs})
+    cells = list(dict.fromkeys(c for c, *_ in runs))
+    each = [{"T": T, "cell": c, "seed": seed, "accuracy": acc, "solved": acc > 0.95} for c, seed, acc, _, _ in runs]
+    return {"adding": [{"T": T, "cell": c, "accuracy": sum(r["accuracy"] for r in each if r["cell"] == c) / len(seeds),
+                        "seeds solved (acc > 0.95)": sum(r["solved"] for r in each if r["cell"] == c), "seeds": len(seeds)} for c in cells],
+            "adding_seeds": each, "seeds": seeds, "T_gradient": T, "solved_below": 0.04, "chance_accuracy": 0.1536,
+            "gradient_ratio": [{"cell": c, "seed": seed, "accuracy": acc, "solved": acc > 0.95, "far_to_near": far, "far_to_near_init": init}
+                               for c, seed, acc, far, init in runs]}
+
+
+def test_review_vanishing_text_holds_for_other_outcomes():
+    from studies import review
+
+    one = _van([("gru", 1, 0.9995, 2.6, 3e-19), ("lstm", 1, 0.144, 5e-10, 3.4e-7), ("rnn", 1, 0.1445, 2e-17, 0.0)])
+    line = review.adding_line(one)
+    assert ("each cell trained from 1 seed, the task (accuracy above 0.95) was solved in 1 of 1 by gru (accuracy 0.9995),"
+            " in 0 of 1 by rnn (accuracy 0.1445), in 0 of 1 by lstm (accuracy 0.1440). A failure says") in line  # best first
+    g = review.gradient_line(one)
+    assert "is 0.01 or more in gru seed 1 (at initialisation it is below 1e-06 in every model)" in g  # 3.4e-7 < 1e-06, not "3e-07"
+    assert "solved by gru seed 1: 1 of the 1 model at 0.01 or more and 0 of the 2 models below it solved the task" in g
+    # every model solved and kept it: no failure sentence, no "0 of the 0"
+    every = _van([("gru", 0, 1.0, 2.0, 1e-18), ("lstm", 0, 0.99, 0.5, 1e-6)])
+    assert "A failure says" not in review.adding_line(every)
+    g = review.gradient_line(every)
+    assert "2 of the 2 models at 0.01 or more solved the task" in g and "below it" not in g and "below 1e-05 in every model" in g
+    # none learned it: the ratio reaches 0.01 in no model; a zero near-end gradient at init is said, not printed as nan
+    none = _van([("rnn", 0, 0.14, 1e-17, float("nan")), ("rnn", 1, 0.15, 2e-17, 0.0)])
+    g = review.gradient_line(none)
+    assert "reaches 0.01 in no model (at initialisation it is undefined in some model" in g
+    assert "solved by no model: 0 of the 2 models below it solved the task" in g and "nan" not in g
+    # a model half-way: named as partly learned, not as solved
+    half = _van([("gru", 0, 0.499, 1.76, 4e-18), ("gru", 1, 0.99, 2.0, 3e-19)])
+    assert "(gru seed 0 at accuracy 0.4990: not solved but well above the constant guess, the task partly learned)" in review.gradient_line(half)
+
+
+def test_review_refuses_a_vanishing_report_from_an_earlier_version(tmp_path):
     import pytest
 
     from pipeline.errors import UserError
     from studies import review
 
     van = json.loads((ROOT / "reports/vanishing/result.json").read_text())
-    one = {**van, "seeds": [1], "adding_seeds": [r for r in van["adding_seeds"] if r["seed"] == 1],
-           "gradient_ratio": [r for r in van["gradient_ratio"] if r["seed"] == 1],
-           "adding": [{**r, "seeds": 1, "seeds solved (acc > 0.95)": int(any(q["solved"] for q in van["adding_seeds"]
-                                                                              if q["seed"] == 1 and q["T"] == r["T"] and q["cell"] == r["cell"]))}
-                      for r in van["adding"]]}
-    line = review.adding_line(one)
-    assert "each cell trained from 1 seed, the task" in line and "seeds," not in line
-    for r in one["adding_seeds"]:
-        if r["T"] == 100:
-            assert f"{r['cell']} in {int(r['solved'])} of 1 (accuracy {r['accuracy']:.3f})" in line
-    g = review.gradient_line(one)
-    assert "the task at T = 100 is solved by" in g and g.count("seed ") >= 1 and "seeds " not in g
-    # a report from before the seeds: one line that says what to rerun, not a KeyError
     rep = tmp_path / "reports"
     (rep / "vanishing").mkdir(parents=True)
-    old = {k: v for k, v in van.items() if k not in ("adding_seeds", "gradient_ratio", "seeds")}
-    (rep / "vanishing/result.json").write_text(json.dumps(old))
     (rep / "hello").mkdir()
     (rep / "hello/result.json").write_text((ROOT / "reports/hello/result.json").read_text())
-    with pytest.raises(UserError, match=r"vanishing/result.json: written before the study ran from several seeds.*dvc repro studies/dvc.yaml:vanishing"):
-        review.render(rep)
+    one_seed = {k: v for k, v in van.items() if k not in ("adding_seeds", "gradient_ratio", "seeds")}  # before the seeds
+    no_init = {**van, "gradient_ratio": [{k: v for k, v in r.items() if k != "far_to_near_init"} for r in van["gradient_ratio"]]}
+    for old in (one_seed, no_init):
+        (rep / "vanishing/result.json").write_text(json.dumps(old))
+        with pytest.raises(UserError, match=r"vanishing/result.json: written by an earlier version of the study.*dvc repro studies/dvc.yaml:vanishing"):
+            review.render(rep)
