@@ -174,8 +174,17 @@ def adding_line(van: dict) -> str:
     chance = (f"A constant guess of 0.5 solves {van['chance_accuracy']:.4f} of the sequences (the dotted line: those with"
               f" |X_a + X_b| < {a:.2f}, probability a - a^2/4 for a = {a:.2f}; its MSE is 1/24 = 0.0417). ")
     failed = any(r["seeds solved (acc > 0.95)"] < r["seeds"] for r in last)
+
+    def reach(c):  # the longest T that the cell solved in more than half of its seeds
+        most = [r for r in van["adding"] if r["cell"] == c and 2 * r["seeds solved (acc > 0.95)"] > r["seeds"]]
+        if not most:
+            return f"{c} none"
+        r = max(most, key=lambda r: r["T"])
+        return f"{c} T = {r['T']} ({r['seeds solved (acc > 0.95)']} of {r['seeds']})"
+
+    cells = list(dict.fromkeys(r["cell"] for r in van["adding"]))
     return (chance + f"At T = {T}, each cell trained from {_plural(n, 'seed')}, the task (accuracy above 0.95) was solved"
-            f" {', '.join(cell(r) for r in last)}."
+            f" {', '.join(cell(r) for r in last)}. The longest T solved in most seeds: {', '.join(reach(c) for c in cells)}."
             + (" A failure says that this size and budget were not enough here, not that the cell cannot learn the task." if failed else ""))
 
 
