@@ -48,11 +48,11 @@ from lightning_modules.clock import TrainClock
 from pipeline.atomic import atomic_dir
 from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
-from studies.common import REPORTS, at_least, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, Repeated, at_least, check_report_dir, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
-class BpttParams:
+class BpttParams(Repeated):
     corpus: str = "tinyshakespeare"
     hidden: int = 128
     layers: int = 2
@@ -65,10 +65,6 @@ class BpttParams:
     seed: int = 1337
     repeats: int = 1  # seeds seed, seed + 1, ..., each regime trained once from each
     val_points: int = 4  # the budget runs validate every full BPTT steps / val_points steps (curves.png)
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.repeats)]
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""

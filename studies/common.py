@@ -84,6 +84,18 @@ def study_params(params: Params, name: str, cls):
         raise
 
 
+class Repeated:
+    """For a study's params dataclass with `seed` and `repeats`: every run is trained from
+    each of the seeds seed, seed + 1, ..., seed + repeats - 1."""
+
+    seed: int
+    repeats: int
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.repeats)]
+
+
 def at_least(obj, path: str, keys: tuple[str, ...], low: int = 1) -> None:
     """Each of `keys` (integers) must be >= `low`: one line naming the param otherwise."""
     for key in keys:

@@ -59,11 +59,11 @@ from pipeline.config import PARAMS, load_params, parse_sets
 from pipeline.errors import UserError, cli
 from pipeline.pools import stoppable_pool
 from studies.adding import CHANCE_ACCURACY, SOLVED, Regressor, gradient_by_lag, hidden_for, initial_model, n_params, test_adding, train_adding
-from studies.common import REPORTS, above_zero, at_least, check_report_dir, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
+from studies.common import REPORTS, Repeated, above_zero, at_least, check_report_dir, distinct, log_study, pyplot, save_png, study_params, write_result, write_table
 
 
 @dataclass(frozen=True)
-class VanishingParams:
+class VanishingParams(Repeated):
     cells: tuple[str, ...] = ("rnn", "lstm", "gru")
     lengths: tuple[int, ...] = (20, 50, 100)
     lstm_hidden: int = 32  # the LSTM's size; the others get the same parameter count
@@ -74,10 +74,6 @@ class VanishingParams:
     repeats: int = 1  # seeds seed, seed + 1, ...: every (cell, T) trained once from each
     test_sequences: int = 2000
     workers: int = 0  # parallel trainings; 0: one per CPU core
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.repeats)]
 
     def validate(self, path: str) -> None:
         """Bad settings fail here, in one line, before any training or report file."""
@@ -112,10 +108,10 @@ def _train_one(cell: str, H: int, T: int, seed: int, hp: VanishingParams):
     return result
 
 
-def _jobs(hp: VanishingParams, budget: int) -> list[tuple[str, int, int, int]]:
+def _jobs(hp: VanishingParams, hidden: dict[str, int]) -> list[tuple[str, int, int, int]]:
     """(cell, hidden, T, seed) for every training, the longest sequences first so that the
     slowest trainings start first and the pool's workers finish together."""
-    return [(cell, hidden_for(cell, budget), T, seed) for T in sorted(hp.lengths, reverse=True) for seed in hp.seeds for cell in hp.cells]
+    return [(cell, hidden[cell], T, seed) for T in sorted(hp.lengths, reverse=True) for seed in hp.seeds for cell in hp.cells]
 
 
 def _summary(runs: list[dict], hp: VanishingParams) -> list[dict]:
@@ -137,14 +133,13 @@ def _summary(runs: list[dict], hp: VanishingParams) -> list[dict]:
     return rows
 
 
-def _gradients(hp: VanishingParams, budget: int, T: int, models: dict) -> pd.DataFrame:
+def _gradients(hp: VanishingParams, hidden: dict[str, int], T: int, models: dict) -> pd.DataFrame:
     """||dL_T/dx_t|| against the lag at the longest T, for each cell and seed: the weights the
     training started from (the same seed's initialisation) and the trained ones."""
     rows = []
     for cell in hp.cells:
-        H = hidden_for(cell, budget)
         for seed in hp.seeds:
-            for state, model in (("init", initial_model(cell, H, seed)), ("trained", models[(cell, T, seed)])):
+            for state, model in (("init", initial_model(cell, hidden[cell], seed)), ("trained", models[(cell, T, seed)])):
                 g = gradient_by_lag(model, T)
                 rows += [{"cell": cell, "seed": seed, "weights": state, "lag": T - 1 - t, "grad_norm": float(g[t])} for t in range(T)]
     return pd.DataFrame(rows)
@@ -207,7 +202,9 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     hp = study_params(params, "vanishing", VanishingParams)
     check_report_dir(out_dir)  # before any work
     budget = n_params("lstm", hp.lstm_hidden)
-    jobs = _jobs(hp, budget)
+    hidden = {cell: hidden_for(cell, budget) for cell in hp.cells}  # the same parameter count as the LSTM's
+    counts = {cell: n_params(cell, hidden[cell]) for cell in hp.cells}
+    jobs = _jobs(hp, hidden)
     runs, models = [], {}
     workers = min(hp.workers or os.cpu_count() or 1, len(jobs))
     with stoppable_pool(workers, "spawn") if workers > 1 else contextlib.nullcontext() as pool:  # Ctrl-C ends the trainings too
@@ -218,7 +215,7 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
             model.load_state_dict(state)
             solved = m["accuracy"] > 0.95  # before rounding
             m = {**m, "accuracy": round(m["accuracy"], 4)}  # a share of test_sequences, not float32 noise
-            runs.append({"T": T, "cell": cell, "seed": seed, "hidden": H, "params": n_params(cell, H), **m,
+            runs.append({"T": T, "cell": cell, "seed": seed, "hidden": H, "params": counts[cell], **m,
                          "solved": solved, "train_s": round(secs, 1)})
             models[(cell, T, seed)] = model
             print(f"adding T={T:4d} {cell:5s} H={H:3d} seed {seed}: test MSE {m['test_mse']:.5f}, accuracy {m['accuracy']:.3f} ({secs:.0f} s)",
@@ -230,7 +227,7 @@ def run(params, out_dir: Path = REPORTS / "vanishing") -> dict:
     table = pd.DataFrame(rows)
 
     T = max(hp.lengths)  # gradient norm against lag at the longest T: initial vs trained weights
-    grads = _gradients(hp, budget, T, models)
+    grads = _gradients(hp, hidden, T, models)
     ratios = _ratios(grads, T, runs, hp)
     result = {
         "adding": rows,
