@@ -163,7 +163,8 @@ def test_a_server_that_dies_during_training_does_not_stop_it(data, tmp_path):
         e = {**os.environ, **env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}  # MLflow's own retry settings
         e.pop("CORPUS_MIRROR", None)
         t = time.monotonic()
-        args = ["--set", "train.max_steps=100000", "--set", "train.max_seconds=20", "--set", "train.val_every=10"]
+        args = ["--set", "train.max_steps=100000", "--set", "train.max_seconds=40", "--set", "train.val_every=10"]
+        # 40 s of training: the kill must land while it runs, and the first val_loss reached the store 7-15 s in
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.train", "tiny", *args], cwd=proj, env=e,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
